@@ -1,0 +1,243 @@
+"""``trait classifier train``: fastText domain and quality classifiers with a held-out evaluation.
+
+Two ways to give the labels:
+- ``positives`` and ``negatives``: contract datasets; negatives are sampled at ``negative_ratio`` x positives
+  (the domain classifier: in-domain seed vs general pool).
+- ``labelled``: datasets with a ``label_column``: binary (0/1, bool) or graded educational-value scores (0-5),
+  bucketed into positive at ``positive_min_grade`` and above (the quality classifier, FineWeb-Edu style).
+
+Samples and the held-out split are drawn by seeded hashes of document ids, so a rerun draws the same documents.
+Training uses one thread with a fixed seed (fastText's multi-threaded SGD is not reproducible). The output
+directory holds ``<name>_v<version>.bin`` and ``card.json`` with the data, settings and held-out metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from trait.config import ConfigError, field, to_dict
+from trait.contract import finished_dataset, score_column
+
+from .text import NORMALISER_VERSION, normalise
+
+log = logging.getLogger(__name__)
+
+POSITIVE, NEGATIVE = "__label__pos", "__label__neg"
+
+
+@dataclass
+class DataRef:
+    path: str = field(help="a finished contract dataset")
+    sources: list[str] | None = field(None, help="keep rows whose source starts with one of these (null: all)")
+    max_docs: int | None = field(None, help="sample down to this many documents (seeded; null: all)")
+
+    @classmethod
+    def from_str(cls, path: str) -> DataRef:
+        return cls(path=path)
+
+
+@dataclass
+class ClassifierConfig:
+    name: str = field(help="classifier name; its score column is score_<name>_v<version>")
+    version: int = field(1, help="version of this classifier, part of the score column name")
+    positives: list[DataRef] = field(default_factory=list, help="datasets of positive documents")
+    negatives: list[DataRef] = field(default_factory=list, help="datasets to sample negatives from")
+    negative_ratio: float = field(1.0, help="negatives sampled per positive")
+    labelled: list[DataRef] = field(default_factory=list, help="datasets with text and a label column")
+    label_column: str = field("label", help="label column of the labelled datasets")
+    positive_min_grade: float | None = field(None, help="graded labels: grade >= this is positive")
+    heldout_fraction: float = field(0.2, help="share of documents held out for the metrics")
+    seed: int = field(0, help="seed of sampling, split and training")
+    epoch: int = field(5, help="fastText epochs")
+    lr: float = field(0.5, help="fastText learning rate (halved on each 'Encountered NaN' retry)")
+    word_ngrams: int = field(2, help="fastText word n-gram length")
+    dim: int = field(32, help="embedding dimension")
+    min_count: int = field(2, help="minimum word count")
+    bucket: int = field(200_000, help="hash buckets for n-grams; model size ~ bucket x dim x 4 bytes")
+    max_retries: int = field(4, help="retries after 'Encountered NaN'")
+    train_max_chars: int | None = field(8000, help="cut training documents to this many characters (speed; "
+                                        "scoring reads whole documents); null: no cut")
+
+    def validate(self) -> None:
+        score_column(self.name, self.version)
+        if bool(self.labelled) == bool(self.positives or self.negatives):
+            raise ConfigError("give either labelled datasets, or positives and negatives, not both or neither")
+        if self.positives and not self.negatives or self.negatives and not self.positives:
+            raise ConfigError("positives and negatives go together")
+        if not 0 < self.heldout_fraction < 1:
+            raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if self.negative_ratio <= 0:
+            raise ConfigError("negative_ratio must be positive")
+
+
+def _hash01(seed: int, salt: str, ident: str) -> float:
+    """Deterministic uniform [0, 1) from (seed, salt, id): the basis of every sample and split here."""
+    digest = hashlib.sha1(f"{seed}:{salt}:{ident}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _read(refs: list[DataRef], columns: tuple[str, ...], seed: int) -> dict[str, list]:
+    """Columns of the rows each ref selects (source prefixes, then a seeded sample of max_docs)."""
+    import pyarrow.compute as pc
+
+    out: dict[str, list] = {c: [] for c in columns}
+    for ref in refs:
+        table = finished_dataset(ref.path, (*columns, "source")).to_table(columns=[*columns, "source"])
+        if ref.sources:
+            masks = [pc.starts_with(table["source"], p) for p in ref.sources]
+            table = table.filter(functools.reduce(pc.or_, masks))
+        if not table.num_rows:
+            raise ConfigError(f"{ref.path} (sources {ref.sources}) has no rows")
+        rows = sorted(range(table.num_rows), key=lambda i, ids=table["id"]: _hash01(seed, "sample", ids[i].as_py()))
+        rows = rows[:ref.max_docs] if ref.max_docs else sorted(rows)
+        table = table.take(rows)
+        for c in columns:
+            out[c].extend(table.column(c).to_pylist())
+    return out
+
+
+def load_examples(cfg: ClassifierConfig) -> tuple[list[tuple[str, str, int]], dict]:
+    """(id, text, label 0/1) examples and a description of where they came from."""
+    if cfg.labelled:
+        data = _read(cfg.labelled, ("id", "text", cfg.label_column), cfg.seed)
+        examples = []
+        for ident, text, label in zip(data["id"], data["text"], data[cfg.label_column]):
+            if label is None:
+                raise ConfigError(f"document {ident} has a null {cfg.label_column!r}; label it or drop it")
+            if cfg.positive_min_grade is not None:
+                examples.append((ident, text, int(float(label) >= cfg.positive_min_grade)))
+            elif label in (0, 1, True, False):
+                examples.append((ident, text, int(label)))
+            else:
+                raise ConfigError(f"label {label!r} is not binary; set positive_min_grade to bucket grades")
+        return examples, {"labelled": to_dict(cfg.labelled), "label_column": cfg.label_column,
+                          "positive_min_grade": cfg.positive_min_grade}
+    pos = _read(cfg.positives, ("id", "text"), cfg.seed)
+    pos_ids = set(pos["id"])
+    neg = _read(cfg.negatives, ("id", "text"), cfg.seed)
+    n_neg = int(round(cfg.negative_ratio * len(pos["id"])))
+    pool = [(i, t) for i, t in zip(neg["id"], neg["text"]) if i not in pos_ids]
+    negatives = sorted(pool, key=lambda p: _hash01(cfg.seed, "neg", p[0]))[:n_neg]
+    if len(negatives) < n_neg:
+        log.warning("asked for %d negatives (ratio %.2f), the pool has %d", n_neg, cfg.negative_ratio, len(pool))
+    examples = [(i, t, 1) for i, t in zip(pos["id"], pos["text"])] + [(i, t, 0) for i, t in negatives]
+    return examples, {"positives": to_dict(cfg.positives), "negatives": to_dict(cfg.negatives),
+                      "negative_ratio": cfg.negative_ratio}
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney U statistic with tied scores given their average rank."""
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    n_pos, n_neg = int(labels.sum()), int((1 - labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
+    """Precision, recall, F1 at ``threshold`` and ROC-AUC; counts alongside."""
+    pred = scores >= threshold
+    tp = int((pred & (labels == 1)).sum())
+    fp = int((pred & (labels == 0)).sum())
+    fn = int((~pred & (labels == 1)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"threshold": threshold, "precision": precision, "recall": recall, "f1": f1,
+            "roc_auc": roc_auc(labels, scores), "n": int(len(labels)), "n_positive": int(labels.sum())}
+
+
+def positive_probability(model, texts: list[str]) -> np.ndarray:
+    """P(positive) for each already-normalised text."""
+    labels, probs = model.predict(texts, k=-1)
+    return np.array([dict(zip(ls, ps)).get(POSITIVE, 0.0) for ls, ps in zip(labels, probs)], dtype=np.float32)
+
+
+def _train(cfg: ClassifierConfig, train_file: str):
+    import fasttext
+
+    lr = cfg.lr
+    for attempt in range(cfg.max_retries + 1):
+        try:
+            model = fasttext.train_supervised(
+                input=train_file, epoch=cfg.epoch, lr=lr, wordNgrams=cfg.word_ngrams, dim=cfg.dim,
+                minCount=cfg.min_count, bucket=cfg.bucket, seed=cfg.seed, thread=1, verbose=0)
+            return model, {"attempts": attempt + 1, "lr_used": lr}
+        except RuntimeError as exc:
+            if "NaN" not in str(exc) or attempt == cfg.max_retries:
+                raise
+            log.warning("fastText: %s (attempt %d, lr %.3g); retrying with lr %.3g", exc, attempt + 1, lr, lr / 2)
+            lr /= 2
+    raise AssertionError("unreachable")
+
+
+def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
+    """Train, evaluate on the held-out split, write ``<name>_v<version>.bin`` and ``card.json``; return the card."""
+    started = time.time()
+    examples, data_desc = load_examples(cfg)
+    train = [(t, y) for i, t, y in examples if _hash01(cfg.seed, "heldout", i) >= cfg.heldout_fraction]
+    held = [(t, y) for i, t, y in examples if _hash01(cfg.seed, "heldout", i) < cfg.heldout_fraction]
+    for split, rows in (("training", train), ("held-out", held)):
+        classes = {y for _, y in rows}
+        if classes != {0, 1}:
+            raise ConfigError(f"the {split} split has labels {sorted(classes)}; both classes are needed "
+                              f"({len(examples)} examples in all): add data or change heldout_fraction")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_file = os.path.join(tmp, "train.txt")
+        with open(train_file, "w", encoding="utf-8") as fh:
+            for text, y in train:
+                fh.write(f"{POSITIVE if y else NEGATIVE} {normalise(text[:cfg.train_max_chars])}\n")
+        model, attempts = _train(cfg, train_file)
+    labels = np.array([y for _, y in held], dtype=np.int64)
+    scores = positive_probability(model, [normalise(t) for t, _ in held])
+    bin_path = out / f"{cfg.name}_v{cfg.version}.bin"
+    model.save_model(str(bin_path))
+    card = {
+        "name": cfg.name, "version": cfg.version, "score_column": score_column(cfg.name, cfg.version),
+        "model_file": bin_path.name, "model_sha1": hashlib.sha1(bin_path.read_bytes()).hexdigest(),
+        "positive_label": POSITIVE, "normaliser": NORMALISER_VERSION,
+        "data": {**data_desc, "train": {"n": len(train), "n_positive": sum(y for _, y in train)},
+                 "heldout": {"n": len(held), "n_positive": int(labels.sum())}},
+        "config": to_dict(cfg), "training": attempts, "heldout_metrics": binary_metrics(labels, scores),
+        "fasttext": metadata.version("fasttext-numpy2"), "wall_time_s": round(time.time() - started, 2),
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    m = card["heldout_metrics"]
+    log.info("%s: held-out P %.3f R %.3f F1 %.3f AUC %.3f (n=%d)", cfg.name, m["precision"], m["recall"],
+             m["f1"], m["roc_auc"], m["n"])
+    return card
+
+
+def load_card(model_dir: str | Path) -> tuple[dict, Path]:
+    """The card of a trained classifier and the path of its .bin; checks the normaliser version."""
+    model_dir = Path(model_dir)
+    card_path = model_dir / "card.json"
+    if not card_path.exists():
+        raise ConfigError(f"{model_dir} has no card.json; train it with 'trait classifier train'")
+    card = json.loads(card_path.read_text())
+    if card.get("normaliser") != NORMALISER_VERSION:
+        raise ConfigError(f"{model_dir} was trained with normaliser {card.get('normaliser')!r}, this scorer uses "
+                          f"{NORMALISER_VERSION!r}; retrain it")
+    return card, model_dir / card["model_file"]

@@ -1,0 +1,161 @@
+"""Contract datasets on any Hadoop-reachable URI: read only what is finished, write through staging.
+
+A job's output appears all at once: Spark writes into ``<output>._staging``; the part files are renamed to
+``part-NNNNN.parquet``; statistics are aggregated from the written files (never from accumulators); the manifest
+and ``_SUCCESS`` are written; then the staging directory is moved into place. A killed job leaves only staging,
+which the rerun deletes. A finished output whose fingerprint (config + inputs) matches is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from trait import UserError, __version__
+from trait.contract import CONTRACT_VERSION, MANIFEST_NAME, QUARANTINE_DIR, SUCCESS_MARKER, part_name
+
+from .fs import HadoopFS
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(UserError, RuntimeError):
+    """An input dataset is unfinished or an output conflicts with an earlier run."""
+
+
+def _versions(spark) -> dict[str, str]:
+    out = {"trait": __version__, "python": platform.python_version(), "spark": spark.version,
+           "java": str(spark._jvm.java.lang.System.getProperty("java.version"))}
+    for dist in ("pyarrow", "fasttext-numpy2", "tokenizers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def parts_glob(path: str) -> str:
+    """The data files of a dataset directory (its manifest, marker and quarantine are not data)."""
+    return f"{path.rstrip('/')}/part-*.parquet"
+
+
+def read_parts(spark, path: str):
+    """DataFrame over a dataset directory's part files, finished or (for a job's own statistics) staging."""
+    return spark.read.parquet(parts_glob(path))
+
+
+def open_dataset(spark, path: str):
+    """(DataFrame, manifest) of a finished dataset; raises DatasetError when ``path`` has no ``_SUCCESS``."""
+    fs = HadoopFS(spark)
+    base = path.rstrip("/")
+    if not fs.exists(f"{base}/{SUCCESS_MARKER}"):
+        raise DatasetError(f"{path} is not a finished dataset (no {SUCCESS_MARKER}); run the job that makes it")
+    return read_parts(spark, base), json.loads(fs.read_text(f"{base}/{MANIFEST_NAME}"))
+
+
+def fingerprint(spark, job: str, config: dict, input_globs: list[str]) -> tuple[str, list[dict]]:
+    """Hash of the job, its resolved config and its input files (uri, size, mtime); also the file list."""
+    fs = HadoopFS(spark)
+    files = []
+    for pattern in input_globs:
+        matched = fs.glob(pattern)
+        if not matched:
+            raise DatasetError(f"input {pattern!r} matches no files")
+        files.extend({"path": uri, "bytes": size, "mtime_ms": mtime} for uri, size, mtime in matched)
+    blob = json.dumps({"job": job, "config": config, "inputs": files}, sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest(), files
+
+
+@dataclass
+class JobOutput:
+    """Where a job writes, and what it needs to decide whether its work is already done."""
+
+    spark: object
+    path: str
+    job: str
+    config: dict
+    input_globs: list[str]
+    overwrite: bool = False
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        self.fs = HadoopFS(self.spark)
+        self.path = self.fs.qualify(self.path.rstrip("/"))
+        self.staging = f"{self.path}._staging"
+        self.fingerprint, self.input_files = fingerprint(self.spark, self.job, self.config, self.input_globs)
+
+    def finished(self) -> dict | None:
+        """The manifest of an identical finished run (so the caller can skip), else None.
+
+        Raises DatasetError when a finished output came from another config or other inputs, unless overwrite.
+        """
+        if not self.fs.exists(f"{self.path}/{SUCCESS_MARKER}"):
+            return None
+        manifest = json.loads(self.fs.read_text(f"{self.path}/{MANIFEST_NAME}"))
+        if manifest.get("fingerprint") == self.fingerprint:
+            log.info("%s: %s is finished with the same config and inputs; nothing to do", self.job, self.path)
+            return manifest
+        if not self.overwrite:
+            raise DatasetError(f"{self.path} holds a finished {manifest.get('job')} run with another config or "
+                               "other inputs; choose a new output path or pass --overwrite")
+        return None
+
+    def write(self, data, quarantine=None, stats: Callable[[object, str], dict] | None = None,
+              extra: dict | None = None, max_records_per_file: int = 0) -> dict:
+        """Write ``data`` (and ``quarantine``) through staging; return the manifest.
+
+        ``stats(spark, staging_path)`` aggregates counts over the written files; it must return a dict with
+        ``rows_in``, ``rows_out`` and ``rows_quarantined`` (and ``rows_rejected_by_reason`` for a selection,
+        counted independently of the output), which are checked to balance.
+        """
+        self.fs.delete(self.staging)
+        writer = data.write.mode("overwrite")
+        if max_records_per_file:
+            writer = writer.option("maxRecordsPerFile", max_records_per_file)
+        writer.parquet(self.staging)
+        self._rename_parts(self.staging)
+        if quarantine is not None:
+            quarantine.write.mode("overwrite").parquet(f"{self.staging}/{QUARANTINE_DIR}")
+            self._rename_parts(f"{self.staging}/{QUARANTINE_DIR}")
+        counts = stats(self.spark, self.staging) if stats else {}
+        if counts:
+            accounted = counts["rows_out"] + counts["rows_quarantined"] + counts.get("rows_rejected_by_reason", 0)
+            if counts["rows_in"] != accounted:
+                raise DatasetError(
+                    f"{self.job}: rows in ({counts['rows_in']}) != rows out ({counts['rows_out']}) + quarantined "
+                    f"({counts['rows_quarantined']}) + rejected ({counts.get('rows_rejected_by_reason', 0)}); "
+                    f"output left in {self.staging}")
+        manifest = {
+            "job": self.job,
+            "contract_version": CONTRACT_VERSION,
+            "fingerprint": self.fingerprint,
+            "config": self.config,
+            "inputs": self.input_files,
+            "counts": counts,
+            "versions": _versions(self.spark),
+            "spark_master": self.spark.sparkContext.master,
+            "wall_time_s": round(time.time() - self.started, 3),
+            **(extra or {}),
+        }
+        self.fs.write_text(f"{self.staging}/{MANIFEST_NAME}", json.dumps(manifest, indent=2, sort_keys=True))
+        self.fs.write_text(f"{self.staging}/{SUCCESS_MARKER}", "")
+        self.fs.delete(self.path)
+        self.fs.rename(self.staging, self.path)
+        log.info("%s: wrote %s in %.1f s", self.job, self.path, manifest["wall_time_s"])
+        return manifest
+
+    def _rename_parts(self, directory: str) -> None:
+        """Spark's ``part-00003-<uuid>-c000.zstd.parquet`` become ``part-00000.parquet`` ... in Spark's order."""
+        names = self.fs.list(directory)
+        parts = [n for n in names if n.startswith("part-") and n.endswith(".parquet")]
+        for name in names:
+            if name.endswith(".crc") or name == SUCCESS_MARKER:
+                self.fs.delete(f"{directory}/{name}")  # checksum side files, Spark's own marker
+        for index, name in enumerate(parts):
+            self.fs.rename(f"{directory}/{name}", f"{directory}/{part_name(index)}")

@@ -1,0 +1,75 @@
+"""File operations on any URI Spark can write (local, HDFS, S3A, GCS, ABFS) through Hadoop's FileSystem API."""
+
+from __future__ import annotations
+
+
+class HadoopFS:
+    """Thin wrapper over ``org.apache.hadoop.fs.FileSystem`` reached through the driver's JVM gateway."""
+
+    def __init__(self, spark):
+        self._jvm = spark._jvm
+        self._conf = spark._jsc.hadoopConfiguration()
+
+    def _path(self, path: str):
+        return self._jvm.org.apache.hadoop.fs.Path(path)
+
+    def _fs(self, path: str):
+        fs = self._path(path).getFileSystem(self._conf)
+        # Local FS writes .crc side files; they are noise in a Parquet directory.
+        fs.setWriteChecksum(False)
+        return fs
+
+    def qualify(self, path: str) -> str:
+        """Fully qualified URI (``file:/abs/path`` for local paths)."""
+        p = self._path(path)
+        return str(p.getFileSystem(self._conf).makeQualified(p).toString())
+
+    def exists(self, path: str) -> bool:
+        return bool(self._fs(path).exists(self._path(path)))
+
+    def delete(self, path: str) -> None:
+        self._fs(path).delete(self._path(path), True)
+
+    def mkdirs(self, path: str) -> None:
+        self._fs(path).mkdirs(self._path(path))
+
+    def rename(self, src: str, dst: str) -> None:
+        if not self._fs(src).rename(self._path(src), self._path(dst)):
+            raise OSError(f"could not move {src} to {dst}")
+
+    def list(self, path: str) -> list[str]:
+        """Names (not paths) of the entries directly under ``path``, sorted."""
+        return sorted(str(s.getPath().getName()) for s in self._fs(path).listStatus(self._path(path)))
+
+    def glob(self, pattern: str) -> list[tuple[str, int, int]]:
+        """Files matching ``pattern`` (directories expanded one level): (uri, bytes, mtime ms), sorted."""
+        statuses = self._fs(pattern).globStatus(self._path(pattern)) or []
+        out = []
+        for status in statuses:
+            if status.isDirectory():
+                inner = self._fs(pattern).listStatus(status.getPath())
+                out.extend((str(s.getPath().toString()), int(s.getLen()), int(s.getModificationTime()))
+                           for s in inner if s.isFile() and not s.getPath().getName().startswith(("_", ".")))
+            else:
+                out.append((str(status.getPath().toString()), int(status.getLen()),
+                            int(status.getModificationTime())))
+        return sorted(out)
+
+    def write_text(self, path: str, text: str) -> None:
+        stream = self._fs(path).create(self._path(path), True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+
+    def read_text(self, path: str) -> str:
+        fs = self._fs(path)
+        p = self._path(path)
+        length = int(fs.getFileStatus(p).getLen())
+        stream = fs.open(p)
+        try:
+            buf = self._jvm.java.io.ByteArrayOutputStream()
+            self._jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, buf, max(4096, length), False)
+            return bytes(buf.toByteArray()).decode("utf-8")
+        finally:
+            stream.close()

@@ -1,0 +1,52 @@
+"""SparkSession construction shared by every job.
+
+Under ``spark-submit`` the master and resources come from the submit command; run from the ``trait`` CLI the
+job defaults to ``local[*]``. Either way the Python workers run the interpreter that runs the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+# Defaults that every job wants; spark-submit --conf still overrides them.
+_DEFAULT_CONF = {
+    "spark.ui.showConsoleProgress": "true",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # Keep Arrow batches modest: a batch of 16 KB documents x 2048 rows is ~32 MB in a Python worker.
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "2048",
+    # Spark's own _SUCCESS would collide with ours; we write the marker after the manifest.
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.sql.parquet.compression.codec": "zstd",
+}
+
+
+def under_spark_submit() -> bool:
+    """True when this Python process was started by spark-submit (the JVM gateway already exists)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | None = None):
+    """Return a SparkSession: ``master`` if given, else spark-submit's, else ``local[*]``."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    elif not under_spark_submit():
+        builder = builder.master("local[*]")
+    if not under_spark_submit():
+        builder = builder.config("spark.ui.enabled", "false")
+        builder = builder.config("spark.driver.memory", os.environ.get("TRAIT_DRIVER_MEMORY", "4g"))
+    for key, value in {**_DEFAULT_CONF, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("TRAIT_SPARK_LOG_LEVEL", "WARN"))
+    log.info("spark %s master=%s parallelism=%d", spark.version, spark.sparkContext.master,
+             spark.sparkContext.defaultParallelism)
+    return spark

@@ -1,0 +1,150 @@
+"""``trait``: the front door. One subcommand per job; ``trait <command> --help`` for each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import yaml
+
+from trait import UserError
+from trait.config import ConfigError, from_dict
+
+
+def _config(cls, path: str | None, overrides: dict):
+    """Config ``cls`` from an optional YAML file, with CLI values (those not None) on top."""
+    data = {}
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(cls, data, path or cls.__name__)
+
+
+def _spark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished output made with other settings")
+
+
+def _ingest(args) -> dict:
+    from spark_jobs.ingest import IngestConfig, run_ingest
+    from spark_jobs.session import get_spark
+
+    single = None
+    if args.input:
+        if not args.source:
+            raise ConfigError("--input needs --source")
+        single = [{"path": p, "source": args.source, "format": args.format, "text_field": args.text_field,
+                   "id_field": args.id_field, "url_field": args.url_field} for p in args.input]
+        single = [{k: v for k, v in s.items() if v is not None} for s in single]
+    cfg = _config(IngestConfig, args.config, {"inputs": single, "tokenizer": args.tokenizer})
+    return run_ingest(get_spark("trait-ingest", args.master), cfg, args.output, args.overwrite)
+
+
+def _classifier_train(args) -> dict:
+    from spark_jobs.classifier import ClassifierConfig, train_classifier
+
+    cfg = _config(ClassifierConfig, args.config, {"name": args.name, "positives": args.positives,
+                                                  "negatives": args.negatives, "labelled": args.labelled,
+                                                  "seed": args.seed})
+    return train_classifier(cfg, args.output)
+
+
+def _score(args) -> dict:
+    from spark_jobs.score import ScoreConfig, run_score
+    from spark_jobs.session import get_spark
+
+    cfg = _config(ScoreConfig, args.config, {"models": args.model})
+    return run_score(get_spark("trait-score", args.master), cfg, args.input, args.output, args.overwrite)
+
+
+def _select(args) -> dict:
+    from spark_jobs.select import SelectConfig, Threshold, run_select
+    from spark_jobs.session import get_spark
+
+    overrides = {k: Threshold.parse(v) for k, v in (("domain", args.domain), ("quality", args.quality)) if v}
+    cfg = _config(SelectConfig, args.config, overrides)
+    return run_select(get_spark("trait-select", args.master), cfg, args.input, args.output, args.overwrite)
+
+
+def _demo(args) -> dict:
+    from spark_jobs.demo import run_demo
+
+    return run_demo(args.workdir, args.data, args.master)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trait", description="TRAIT: in-domain data selection, synthetic "
+                                     "task-oriented passages and two-stage continual pre-training.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="JSONL(.gz/.zst)/Parquet -> contract Parquet, bad rows quarantined")
+    p.add_argument("--config", help="YAML IngestConfig (inputs, tokenizer, max_doc_bytes, ...)")
+    p.add_argument("--input", nargs="+", help="glob(s) or URI(s) of one source's files (instead of config inputs)")
+    p.add_argument("--source", help="source name for --input, e.g. wiki/enwiki-2015")
+    p.add_argument("--format", choices=["auto", "jsonl", "parquet"])
+    p.add_argument("--text-field")
+    p.add_argument("--id-field")
+    p.add_argument("--url-field")
+    p.add_argument("--tokenizer", help="'words' or 'hf:/path/tokenizer.json'")
+    p.add_argument("--output", required=True)
+    _spark_args(p)
+    p.set_defaults(func=_ingest)
+
+    p = sub.add_parser("classifier", help="fastText classifiers")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = csub.add_parser("train", help="train a domain or quality classifier with held-out metrics")
+    p.add_argument("--config", help="YAML ClassifierConfig")
+    p.add_argument("--name", help="classifier name (score column score_<name>_v<version>)")
+    p.add_argument("--positives", nargs="+", help="contract datasets of positives (in-domain seed)")
+    p.add_argument("--negatives", nargs="+", help="contract datasets to sample negatives from")
+    p.add_argument("--labelled", nargs="+", help="datasets with text and a label column")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output", required=True, help="directory for <name>_v<version>.bin and card.json")
+    p.set_defaults(func=_classifier_train)
+
+    p = sub.add_parser("score", help="Spark job: add a float32 score column per classifier to every row")
+    p.add_argument("--config", help="YAML ScoreConfig")
+    p.add_argument("--input", required=True, help="finished contract dataset")
+    p.add_argument("--model", nargs="+", help="classifier directories")
+    p.add_argument("--output", required=True)
+    _spark_args(p)
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("select", help="Spark job: keep documents by domain/quality thresholds")
+    p.add_argument("--config", help="YAML SelectConfig")
+    p.add_argument("--input", required=True, help="finished scored dataset")
+    p.add_argument("--domain", help="COLUMN:min=X | COLUMN:percentile=P | COLUMN:token_budget=N")
+    p.add_argument("--quality", help="same forms as --domain")
+    p.add_argument("--output", required=True)
+    _spark_args(p)
+    p.set_defaults(func=_select)
+
+    p = sub.add_parser("demo", help="the math selection demo on ../shared/data, end to end")
+    p.add_argument("--data", default="../shared/data", help="the shared data directory")
+    p.add_argument("--workdir", default="runs/demo", help="where the demo writes its datasets and models")
+    p.add_argument("--master", help="Spark master (default local[*])")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    try:
+        result = args.func(args)
+    except UserError as exc:
+        print(f"trait: error: {exc}", file=sys.stderr)
+        return 2
+    if args.command != "demo":
+        print(json.dumps(result.get("counts", result.get("heldout_metrics", {})), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
