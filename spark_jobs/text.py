@@ -7,18 +7,24 @@ records ``NORMALISER_VERSION``; the scorer refuses a model trained under another
 from __future__ import annotations
 
 import re
-import string
 
 NORMALISER_VERSION = "v1"
 
-# Punctuation and LaTeX markup become separate tokens ("x^2" -> "x ^ 2", "\frac{a}{b}" -> "\ frac { a } { b }")
-# so fastText sees math symbols as words. str.translate runs in C: this costs ~1 ms per 100 KB.
-_SPACED = str.maketrans({c: f" {c} " for c in string.punctuation})
+
+# Punctuation and LaTeX markup become tokens of their own ("$x^2$" -> "$ x ^ 2 $") so the math signal survives.
+# Chained str.replace (a C fast path) does this at ~34 MB/s; str.translate with multi-character targets or a
+# regex measured 10-18 MB/s, slower than fastText's predict itself; gluing punctuation to words (52 MB/s)
+# cut the domain classifier's held-out recall from 0.98 to 0.58.
+_SPACED = tuple("$\\{}^_=()[],.;:!?+-*/<>|&%'\"")
 
 
 def normalise(text: str) -> str:
     """Lower-case, space out punctuation, collapse all white space (fastText refuses '\\n') to single spaces."""
-    return " ".join(text.lower().translate(_SPACED).split())
+    text = text.lower()
+    for mark in _SPACED:
+        if mark in text:
+            text = text.replace(mark, f" {mark} ")
+    return " ".join(text.split())
 
 
 _WORDS = re.compile(r"\w+|[^\w\s]")
