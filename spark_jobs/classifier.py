@@ -174,21 +174,23 @@ def positive_probability(model, texts: list[str]) -> np.ndarray:
 
 
 def _train(cfg: ClassifierConfig, train_file: str):
+    """fastText supervised training; on 'Encountered NaN' (sporadic on small data) retry with half the lr."""
     import fasttext
 
     lr = cfg.lr
-    for attempt in range(cfg.max_retries + 1):
+    for attempt in range(1, cfg.max_retries + 2):
         try:
             model = fasttext.train_supervised(
                 input=train_file, epoch=cfg.epoch, lr=lr, wordNgrams=cfg.word_ngrams, dim=cfg.dim,
                 minCount=cfg.min_count, bucket=cfg.bucket, seed=cfg.seed, thread=1, verbose=0)
-            return model, {"attempts": attempt + 1, "lr_used": lr}
+            return model, {"attempts": attempt, "lr_used": lr}
         except RuntimeError as exc:
-            if "NaN" not in str(exc) or attempt == cfg.max_retries:
+            if "NaN" not in str(exc):
                 raise
-            log.warning("fastText: %s (attempt %d, lr %.3g); retrying with lr %.3g", exc, attempt + 1, lr, lr / 2)
+            log.warning("fastText: %s (attempt %d, lr %.3g); retrying with lr %.3g", exc, attempt, lr, lr / 2)
             lr /= 2
-    raise AssertionError("unreachable")
+    raise ConfigError(f"fastText diverged ('Encountered NaN') {cfg.max_retries + 1} times, down to lr {lr * 2:.3g}; "
+                      "lower lr or give more training data")
 
 
 def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:

@@ -1,0 +1,155 @@
+"""``trait ingest``: formats, field mapping, ids, token counts, quarantine of each kind of bad row, reruns."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from spark_jobs.dataset import DatasetError
+from spark_jobs.ingest import IngestConfig, run_ingest
+from trait.config import ConfigError, from_dict
+from trait.contract import QUARANTINE_DIR, doc_id, finished_dataset, validate_table
+
+GOOD = [
+    {"id": "a1", "text": "Hello, world!", "meta": {"url": "http://x/1"}},
+    {"id": 2, "text": "Zwei Wörter\nund mehr", "meta": {"url": None}},
+    {"text": "no id, no url: the id comes from the content"},
+]
+# (raw line, expected quarantine reason)
+BAD = [
+    (b'{"id": "j", "text": "unterminated', "invalid_json"),
+    (b"[1, 2, 3]", "not_an_object"),
+    (b'{"id": "m", "body": "text under another field"}', "null_text"),
+    (b'{"id": "n", "text": null}', "null_text"),
+    (b'{"id": "t", "text": 42}', "text_not_string"),
+    (b'{"id": "u", "text": "caf\xe9 latin-1"}', "invalid_utf8"),
+    (b'{"id": "e", "text": "  \\n\\t "}', "empty_text"),
+    (b'{"id": "s", "text": "lone \\ud800 surrogate"}', "invalid_unicode"),
+    (b"", "blank_line"),
+    (json.dumps({"id": "big", "text": "x" * 5000}).encode(), "too_large"),
+]
+
+
+def _lines() -> bytes:
+    good = [json.dumps(r).encode() for r in GOOD]
+    return b"\n".join(good[:2] + [raw for raw, _ in BAD] + good[2:]) + b"\n"
+
+
+def _config(path, **extra):
+    spec = {"path": str(path), "source": "test/src", "url_field": "meta.url", **extra}
+    return from_dict(IngestConfig, {"inputs": [spec], "max_doc_bytes": 4096})
+
+
+def _read(path):
+    return finished_dataset(str(path)).to_table()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
+def test_every_bad_row_is_quarantined_with_its_reason_and_the_rest_follow_the_contract(spark, tmp_path, suffix):
+    data = _lines()
+    raw = {".jsonl": data, ".jsonl.gz": gzip.compress(data), ".jsonl.zst": zstandard.compress(data)}[suffix]
+    (tmp_path / f"in{suffix}").write_bytes(raw)
+    manifest = run_ingest(spark, _config(tmp_path / f"in{suffix}"), str(tmp_path / "out"))
+
+    table = _read(tmp_path / "out")
+    validate_table(table)
+    rows = {r["text"]: r for r in table.to_pylist()}
+    assert set(rows) == {r["text"] for r in GOOD}
+    assert rows["Hello, world!"]["id"] == doc_id("test/src", "id:a1")
+    assert rows["Hello, world!"]["url"] == "http://x/1"
+    assert rows["Hello, world!"]["n_tokens"] == 4  # Hello , world !
+    assert rows["Zwei Wörter\nund mehr"]["id"] == doc_id("test/src", "id:2")
+    content = GOOD[2]["text"]
+    assert rows[content]["id"] == doc_id("test/src", f"text:{content}")
+
+    quarantine = pq.read_table(tmp_path / "out" / QUARANTINE_DIR).to_pylist()
+    assert sorted(q["reason"] for q in quarantine) == sorted(reason for _, reason in BAD)
+    assert all(q["input_file"].endswith(suffix) for q in quarantine)
+    bad_utf8 = next(q for q in quarantine if q["reason"] == "invalid_utf8")
+    assert b"caf\xe9" in bad_utf8["raw"]
+
+    counts = manifest["counts"]
+    assert counts["rows_in"] == len(GOOD) + len(BAD) == counts["rows_out"] + counts["rows_quarantined"]
+    assert counts["by_input_source"]["test/src"]["quarantined"]["null_text"] == 2
+    assert counts["tokens_out"] == sum(table.column("n_tokens").to_pylist())
+    assert manifest["tokenizer"] == "words" and manifest["versions"]["spark"]
+    assert manifest["inputs"][0]["bytes"] == len(raw)
+
+
+def test_parquet_input_with_other_field_names_and_sub_sources(spark, tmp_path):
+    pq.write_table(pa.table({"body": ["first doc", None, "third doc"], "key": [10, 11, 12],
+                             "link": ["u1", "u2", None]}), tmp_path / "in.parquet")
+    cfg = from_dict(IngestConfig, {"inputs": [{"path": str(tmp_path / "in.parquet"), "source": "pq",
+                                               "text_field": "body", "id_field": "key", "url_field": "link"}]})
+    manifest = run_ingest(spark, cfg, str(tmp_path / "out"))
+    rows = sorted(_read(tmp_path / "out").to_pylist(), key=lambda r: r["text"])
+    assert [(r["text"], r["id"], r["url"]) for r in rows] == [
+        ("first doc", doc_id("pq", "id:10"), "u1"), ("third doc", doc_id("pq", "id:12"), None)]
+    assert manifest["counts"]["by_input_source"]["pq"]["quarantined"] == {"null_text": 1}
+
+    (tmp_path / "mixed.jsonl").write_text('{"text": "a b", "meta": {"set": "Books"}}\n{"text": "c", "meta": {}}\n')
+    cfg = from_dict(IngestConfig, {"inputs": [{"path": str(tmp_path / "mixed.jsonl"), "source": "pile",
+                                               "source_field": "meta.set"}]})
+    manifest = run_ingest(spark, cfg, str(tmp_path / "out2"))
+    assert sorted(manifest["counts"]["by_source"]) == ["pile", "pile/Books"]
+    assert manifest["counts"]["by_input_source"]["pile"]["rows_out"] == 2
+
+
+def test_missing_parquet_column_is_a_clear_error(spark, tmp_path):
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "in.parquet")
+    with pytest.raises(ConfigError, match=r"column\(s\) \['text'\] not found; columns are: body"):
+        run_ingest(spark, _config(tmp_path / "in.parquet", url_field=None, id_field=None), str(tmp_path / "out"))
+
+
+def test_rerun_is_a_no_op_and_a_changed_config_needs_overwrite(spark, tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(_lines())
+    first = run_ingest(spark, _config(tmp_path / "in.jsonl"), str(tmp_path / "out"))
+    stamp = {p: os.stat(tmp_path / "out" / p).st_mtime_ns for p in os.listdir(tmp_path / "out")}
+    again = run_ingest(spark, _config(tmp_path / "in.jsonl"), str(tmp_path / "out"))
+    assert again == first
+    assert stamp == {p: os.stat(tmp_path / "out" / p).st_mtime_ns for p in os.listdir(tmp_path / "out")}
+
+    changed = _config(tmp_path / "in.jsonl")
+    changed.max_doc_bytes = 100_000
+    with pytest.raises(DatasetError, match="another config or other inputs"):
+        run_ingest(spark, changed, str(tmp_path / "out"))
+    redone = run_ingest(spark, changed, str(tmp_path / "out"), overwrite=True)
+    assert redone["counts"]["rows_out"] == first["counts"]["rows_out"] + 1  # the 5 KB document now fits
+
+
+def test_leftovers_of_a_killed_run_are_replaced(spark, tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(_lines())
+    staging = tmp_path / "out._staging"
+    staging.mkdir()
+    (staging / "part-00000.parquet").write_bytes(b"half-written")
+    run_ingest(spark, _config(tmp_path / "in.jsonl"), str(tmp_path / "out"))
+    assert not staging.exists()
+    validate_table(_read(tmp_path / "out"))
+
+
+def test_an_input_glob_matching_nothing_is_an_error(spark, tmp_path):
+    with pytest.raises(DatasetError, match="matches no files"):
+        run_ingest(spark, _config(tmp_path / "nothing-*.jsonl"), str(tmp_path / "out"))
+
+
+def test_token_counts_with_a_hugging_face_tokenizer(spark, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([r["text"] for r in GOOD] * 20, trainers.BpeTrainer(vocab_size=60,
+                                                                                special_tokens=["[UNK]"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "in.jsonl").write_bytes(_lines())
+    cfg = _config(tmp_path / "in.jsonl")
+    cfg.tokenizer = f"hf:{tmp_path / 'tokenizer.json'}"
+    manifest = run_ingest(spark, cfg, str(tmp_path / "out"))
+    rows = _read(tmp_path / "out").to_pylist()
+    assert [r["n_tokens"] for r in rows] == [len(tok.encode(r["text"], add_special_tokens=False).ids) for r in rows]
+    assert manifest["tokenizer"] == cfg.tokenizer
