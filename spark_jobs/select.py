@@ -64,7 +64,8 @@ class SelectConfig:
     quality: Threshold | None = field(None, help="threshold on the quality score (optional)")
 
     def thresholds(self) -> dict[str, Threshold]:
-        return {k: t for k, t in (("domain", self.domain), ("quality", self.quality)) if t is not None}
+        """Thresholds in the order they filter: quality first, so a drop is counted under the first that fails."""
+        return {k: t for k, t in (("quality", self.quality), ("domain", self.domain)) if t is not None}
 
     def validate(self) -> None:
         if sum(t.token_budget is not None for t in self.thresholds().values()) > 1:

@@ -36,9 +36,11 @@ def _ingest(args) -> dict:
     if args.input:
         if not args.source:
             raise ConfigError("--input needs --source")
-        single = [{"path": p, "source": args.source, "format": args.format, "text_field": args.text_field,
-                   "id_field": args.id_field, "url_field": args.url_field} for p in args.input]
-        single = [{k: v for k, v in s.items() if v is not None} for s in single]
+        given = {"format": args.format, "text_field": args.text_field, "id_field": args.id_field,
+                 "url_field": args.url_field}
+        # "none" says the input has no such field (the id then comes from the url or the text).
+        given = {k: (None if v.lower() == "none" else v) for k, v in given.items() if v is not None}
+        single = [{"path": p, "source": args.source, **given} for p in args.input]
     cfg = _config(IngestConfig, args.config, {"inputs": single, "tokenizer": args.tokenizer})
     return run_ingest(get_spark("trait-ingest", args.master), cfg, args.output, args.overwrite)
 
@@ -87,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="source name for --input, e.g. wiki/enwiki-2015")
     p.add_argument("--format", choices=["auto", "jsonl", "parquet"])
     p.add_argument("--text-field")
-    p.add_argument("--id-field")
-    p.add_argument("--url-field")
+    p.add_argument("--id-field", help="field with the source's document id, or 'none'")
+    p.add_argument("--url-field", help="field with the url, or 'none'")
     p.add_argument("--tokenizer", help="'words' or 'hf:/path/tokenizer.json'")
     p.add_argument("--output", required=True)
     _spark_args(p)

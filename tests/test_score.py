@@ -1,0 +1,122 @@
+"""``trait score``: every row kept and scored exactly as raw fastText would, reruns, kill and rerun, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fasttext
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from spark_jobs.classifier import load_card, positive_probability
+from spark_jobs.dataset import DatasetError
+from spark_jobs.score import ScoreConfig, run_score, score_batches
+from spark_jobs.text import normalise
+from trait.config import ConfigError, from_dict
+from trait.contract import finished_dataset, validate_table
+
+from .conftest import SHARED_DATA, read_jsonl, write_jsonl
+
+
+def test_every_row_is_scored_as_raw_fasttext_scores_it(scored, small_corpus, classifiers):
+    source = finished_dataset(small_corpus["pool"]).to_table()
+    out = finished_dataset(scored).to_table()
+    validate_table(out)
+    assert out.num_rows == source.num_rows
+    assert sorted(out.column("id").to_pylist()) == sorted(source.column("id").to_pylist())
+    by_id = {r["id"]: r for r in out.to_pylist()}
+    texts = [normalise(t) for t in source.column("text").to_pylist()]
+    for model_dir in classifiers:
+        card, bin_path = load_card(model_dir)
+        assert out.schema.field(card["score_column"]).type == pa.float32()
+        expected = positive_probability(fasttext.load_model(str(bin_path)), texts)
+        got = np.array([by_id[i][card["score_column"]] for i in source.column("id").to_pylist()], dtype=np.float32)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_manifest_counts_come_from_the_written_rows(scored, small_corpus):
+    import json
+
+    manifest = json.loads((Path(scored) / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["rows_in"] == counts["rows_out"] == finished_dataset(small_corpus["pool"]).count_rows()
+    assert set(counts["by_source"]) == {"wiki/enwiki-2015", "web/pile"}
+    assert manifest["score_columns"] == ["score_domain_math_v1", "score_quality_edu_v1"]
+    assert manifest["classifiers"]["score_domain_math_v1"]["heldout_metrics"]["roc_auc"] > 0.9
+    names = sorted(os.listdir(scored))
+    parts = [n for n in names if n.startswith("part-")]
+    assert names == ["_SUCCESS", "manifest.json", *parts]
+    assert parts == [f"part-{i:05d}.parquet" for i in range(len(parts))]
+
+
+def test_a_text_with_nothing_to_score_gets_a_null_score(classifiers, spark):
+    from spark_jobs import shipped
+
+    card, bin_path = load_card(classifiers[0])
+    name = shipped.ship(spark, str(bin_path))
+    batch = pa.RecordBatch.from_pydict({"text": ["a theorem on groups", " \u2003\n", "x"]})
+    (out,) = list(score_batches([("score_domain_math_v1", name)])(iter([batch])))
+    scores = out.column("score_domain_math_v1")
+    assert scores.type == pa.float32() and scores.null_count == 1 and not scores[1].is_valid
+
+
+def test_rerun_is_a_no_op(spark, scored, small_corpus, classifiers):
+    stamp = {p: os.stat(Path(scored) / p).st_mtime_ns for p in os.listdir(scored)}
+    run_score(spark, from_dict(ScoreConfig, {"models": classifiers}), small_corpus["pool"], scored)
+    assert stamp == {p: os.stat(Path(scored) / p).st_mtime_ns for p in os.listdir(scored)}
+
+
+def test_bad_inputs_are_refused_clearly(spark, scored, small_corpus, classifiers, tmp_path):
+    cfg = from_dict(ScoreConfig, {"models": classifiers})
+    (tmp_path / "half").mkdir()
+    with pytest.raises(DatasetError, match="not a finished dataset"):
+        run_score(spark, cfg, str(tmp_path / "half"), str(tmp_path / "o1"))
+    with pytest.raises(ConfigError, match="already has column"):
+        run_score(spark, cfg, scored, str(tmp_path / "o2"))
+    with pytest.raises(ConfigError, match="same column"):
+        run_score(spark, from_dict(ScoreConfig, {"models": classifiers[:1] * 2}), small_corpus["pool"],
+                  str(tmp_path / "o3"))
+    with pytest.raises(ConfigError, match="no card.json"):
+        run_score(spark, from_dict(ScoreConfig, {"models": [str(tmp_path)]}), small_corpus["pool"],
+                  str(tmp_path / "o4"))
+
+
+def _tables(path):
+    return [pq.read_table(Path(path) / n) for n in sorted(os.listdir(path)) if n.startswith("part-")]
+
+
+def test_a_job_killed_half_way_and_rerun_gives_the_uninterrupted_output(spark, classifiers, tmp_path):
+    """SIGKILL the whole score process group (driver JVM, Python workers) while tasks run, then rerun."""
+    from spark_jobs.ingest import IngestConfig, run_ingest
+
+    wiki = read_jsonl(SHARED_DATA / "corpora/general/enwiki_2015_part1.jsonl.gz", 2500, start=600)
+    write_jsonl(tmp_path / "wiki.jsonl", wiki)
+    run_ingest(spark, from_dict(IngestConfig, {"inputs": [{"path": str(tmp_path / "wiki.jsonl"), "source": "w"}]}),
+               str(tmp_path / "pool"))
+    cmd = [sys.executable, "-m", "trait.cli", "score", "--master", "local[2]", "--input", str(tmp_path / "pool"),
+           "--model", *classifiers, "--output", str(tmp_path / "killed")]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    temporary = tmp_path / "killed._staging" / "_temporary"
+    deadline = time.time() + 120
+    while not temporary.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job finished before it could be killed; give it more data"
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "_SUCCESS").exists()
+
+    cfg = from_dict(ScoreConfig, {"models": classifiers})
+    run_score(spark, cfg, str(tmp_path / "pool"), str(tmp_path / "killed"))
+    run_score(spark, cfg, str(tmp_path / "pool"), str(tmp_path / "clean"))
+    killed, clean = _tables(tmp_path / "killed"), _tables(tmp_path / "clean")
+    assert len(killed) == len(clean) > 1
+    assert all(a.equals(b) for a, b in zip(killed, clean))
+    assert not (tmp_path / "killed._staging").exists()
