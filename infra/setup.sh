@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets up a machine for TRAIT's data-selection side, installing only what is missing:
+#   Java (for Spark) if no `java` is on PATH, a virtual environment in .venv, and the project with the
+#   `select` and `dev` extras at the versions in constraints.txt. Safe to rerun; a ready machine takes ~5 s.
+# Usage: infra/setup.sh            (PYTHON=python3.11 infra/setup.sh to choose the interpreter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v java >/dev/null 2>&1; then
+  echo "setup: no java on PATH; installing a headless JRE 17" >&2
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: no apt-get here; install Java 17 or newer and rerun" >&2
+    exit 1
+  fi
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[select,dev]"
+echo "setup: ready ($(.venv/bin/python --version), $(java -version 2>&1 | head -n 1))" >&2
