@@ -118,15 +118,22 @@ class JobOutput:
         counted independently of the output), which are checked to balance.
         """
         self.fs.delete(self.staging)
-        writer = data.write.mode("overwrite").option("parquet.block.size", ROW_GROUP_BYTES)
+        # No dictionary for `text`: documents are unique, so Parquet would build one page per row group only to
+        # discard it (3 s of 20 s when scoring 240 MB on one core); `source` and the rest keep theirs.
+        writer = (data.write.mode("overwrite").option("parquet.block.size", ROW_GROUP_BYTES)
+                  .option("parquet.enable.dictionary#text", "false"))
         if max_records_per_file:
             writer = writer.option("maxRecordsPerFile", max_records_per_file)
+        t0 = time.time()
         writer.parquet(self.staging)
+        log.info("%s: data written in %.1f s", self.job, time.time() - t0)
         self._rename_parts(self.staging)
         if quarantine is not None:
             quarantine.write.mode("overwrite").parquet(f"{self.staging}/{QUARANTINE_DIR}")
             self._rename_parts(f"{self.staging}/{QUARANTINE_DIR}")
+        t0 = time.time()
         counts = stats(self.spark, self.staging) if stats else {}
+        log.info("%s: statistics aggregated over the output in %.1f s", self.job, time.time() - t0)
         if counts:
             accounted = counts["rows_out"] + counts["rows_quarantined"] + counts.get("rows_rejected_by_reason", 0)
             if counts["rows_in"] != accounted:

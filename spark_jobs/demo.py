@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parent.parent / "infra" / "configs" / "demo"
 
 
-def _load(cls, name: str, values: dict[str, str]):
+def load_demo_config(cls, name: str, values: dict[str, str]):
+    """Config ``cls`` from ``infra/configs/demo/<name>`` with ``${data}`` and ``${work}`` filled in."""
     text = string.Template((CONFIGS / name).read_text()).substitute(values)
     return from_dict(cls, yaml.safe_load(text), name)
 
@@ -67,15 +68,15 @@ def run_demo(workdir: str, data: str, master: str | None = None) -> dict:
     if not (Path(values["data"]) / "corpora").is_dir():
         raise FileNotFoundError(f"{data} does not look like the shared data directory (no corpora/ inside)")
     spark = get_spark("trait-demo", master)
-    run_ingest(spark, _load(IngestConfig, "ingest_seed.yaml", values), str(work / "seed"))
-    run_ingest(spark, _load(IngestConfig, "ingest_pool.yaml", values), str(work / "pool"))
+    run_ingest(spark, load_demo_config(IngestConfig, "ingest_seed.yaml", values), str(work / "seed"))
+    run_ingest(spark, load_demo_config(IngestConfig, "ingest_pool.yaml", values), str(work / "pool"))
     cards = []
     for name in ("classifier_domain.yaml", "classifier_quality.yaml"):
-        cfg = _load(ClassifierConfig, name, values)
+        cfg = load_demo_config(ClassifierConfig, name, values)
         cards.append(train_classifier(cfg, work / "models" / cfg.name))
     models = [str(work / "models" / c["name"]) for c in cards]
     scored = run_score(spark, from_dict(ScoreConfig, {"models": models}), str(work / "pool"), str(work / "scored"))
-    selected = run_select(spark, _load(SelectConfig, "select.yaml", values), str(work / "scored"),
+    selected = run_select(spark, load_demo_config(SelectConfig, "select.yaml", values), str(work / "scored"),
                           str(work / "selected"))
     table = summary_table(scored, selected, cards)
     (work / "summary.md").write_text(table + "\n")
