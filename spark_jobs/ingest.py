@@ -211,7 +211,10 @@ def ingest_stats(rows_in: dict[str, int]):
         out = {r["source"]: {"rows_out": r["rows"], "tokens_out": r["tokens"] or 0} for r in read_parts(spark, path)
                .groupBy("source").agg(F.count("*").alias("rows"), F.sum("n_tokens").alias("tokens")).collect()}
         quarantined: dict[str, dict[str, int]] = {}
-        bad = spark.read.schema(_quarantine_struct()).parquet(f"{path}/{QUARANTINE_DIR}")
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        # Read with the schema given: a run without bad rows leaves the quarantine without files to infer it from.
+        bad = spark.read.schema(from_arrow_schema(QUARANTINE_SCHEMA)).parquet(f"{path}/{QUARANTINE_DIR}")
         for r in bad.groupBy("source", "reason").count().collect():
             quarantined.setdefault(r["source"], {})[r["reason"]] = r["count"]
         inputs = {}
@@ -230,14 +233,6 @@ def ingest_stats(rows_in: dict[str, int]):
         }
 
     return stats
-
-
-def _quarantine_struct():
-    from pyspark.sql.types import BinaryType, StringType, StructField, StructType
-
-    return StructType([StructField("source", StringType()), StructField("input_file", StringType()),
-                       StructField("reason", StringType()), StructField("detail", StringType()),
-                       StructField("raw", BinaryType())])
 
 
 def run_ingest(spark, config: IngestConfig, output: str, overwrite: bool = False) -> dict:
