@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from trait.config import from_dict
+from trait.config import ConfigError, from_dict
 
 from .classifier import ClassifierConfig, train_classifier
 from .ingest import IngestConfig, run_ingest
@@ -66,7 +66,8 @@ def run_demo(workdir: str, data: str, master: str | None = None) -> dict:
     work = Path(workdir).resolve()
     values = {"data": str(Path(data).resolve()), "work": str(work)}
     if not (Path(values["data"]) / "corpora").is_dir():
-        raise FileNotFoundError(f"{data} does not look like the shared data directory (no corpora/ inside)")
+        raise ConfigError(f"{data} does not look like the shared data directory (no corpora/ inside); "
+                          "pass --data or set TRAIT_SHARED_DATA")
     spark = get_spark("trait-demo", master)
     run_ingest(spark, load_demo_config(IngestConfig, "ingest_seed.yaml", values), str(work / "seed"))
     run_ingest(spark, load_demo_config(IngestConfig, "ingest_pool.yaml", values), str(work / "pool"))

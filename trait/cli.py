@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 import yaml
@@ -126,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_select)
 
     p = sub.add_parser("demo", help="the math selection demo on ../shared/data, end to end")
-    p.add_argument("--data", default="../shared/data", help="the shared data directory")
+    p.add_argument("--data", default=os.environ.get("TRAIT_SHARED_DATA", "../shared/data"),
+                   help="the shared data directory (default: $TRAIT_SHARED_DATA, else ../shared/data)")
     p.add_argument("--workdir", default="runs/demo", help="where the demo writes its datasets and models")
     p.add_argument("--master", help="Spark master (default local[*])")
     p.set_defaults(func=_demo)
