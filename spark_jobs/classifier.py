@@ -223,7 +223,7 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
         "data": {**data_desc, "train": {"n": len(train), "n_positive": sum(y for _, y in train)},
                  "heldout": {"n": len(held), "n_positive": int(labels.sum())}},
         "config": to_dict(cfg), "training": attempts, "heldout_metrics": binary_metrics(labels, scores),
-        "fasttext": metadata.version("fasttext-numpy2"), "wall_time_s": round(time.time() - started, 2),
+        "fasttext": metadata.version("fasttext-community"), "wall_time_s": round(time.time() - started, 2),
     }
     (out / "card.json").write_text(json.dumps(card, indent=2))
     m = card["heldout_metrics"]

@@ -30,7 +30,6 @@ def fasttext_model(name: str):
     if key not in _CACHE:
         import fasttext
 
-        fasttext.FastText.eprint = lambda *_: None  # silence the load_model deprecation banner
         _CACHE[key] = fasttext.load_model(resolve(name))
     return _CACHE[key]
 

@@ -29,17 +29,9 @@ def test_domain_classifier_separates_math_and_is_reproducible(small_corpus, tmp_
     again = train_classifier(from_dict(ClassifierConfig, cfg), tmp_path / "b")
     m = card["heldout_metrics"]
     assert m["roc_auc"] > 0.95 and m["f1"] > 0.85, m
-    # Same seed, same data: the same predictions, bit for bit. (The .bin files are not byte-identical: fastText
-    # saves a few never-touched matrix entries uninitialised.)
-    import fasttext
-
-    from spark_jobs.text import normalise
-    from trait.contract import finished_dataset
-
-    texts = [normalise(t) for t in finished_dataset(small_corpus["pool"]).to_table().column("text").to_pylist()]
-    pa_, pb_ = (fasttext.load_model(str(d / f"{card['model_file']}")).predict(texts, k=-1) for d in
-                (tmp_path / "a", tmp_path / "b"))
-    assert pa_[0] == pb_[0] and all((x == y).all() for x, y in zip(pa_[1], pb_[1]))
+    # Same seed, same data: the same model, byte for byte, even trained twice in one process (fasttext-numpy2
+    # left 90% of the input matrix uninitialised with one thread, so a second run in a process could diverge).
+    assert card["model_sha1"] == again["model_sha1"]
     assert card["heldout_metrics"] == again["heldout_metrics"]
     assert card["score_column"] == "score_domain_math_v1"
     assert card["data"]["heldout"]["n"] + card["data"]["train"]["n"] == 2 * 500  # 500 positives, ratio 1

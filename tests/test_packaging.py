@@ -15,7 +15,7 @@ def test_the_select_extra_pulls_no_torch():
     requirements = [Requirement(r) for r in metadata.requires("trait")]
     select = {r.name for r in requirements if r.marker and r.marker.evaluate({"extra": "select"})}
     base = {r.name for r in requirements if not r.marker}
-    assert {"pyspark", "fasttext-numpy2"} <= select
+    assert {"pyspark", "fasttext-community"} <= select
     assert not (select | base) & HEAVY
 
 
