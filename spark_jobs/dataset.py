@@ -37,7 +37,7 @@ class DatasetError(UserError, RuntimeError):
 def _versions(spark) -> dict[str, str]:
     out = {"trait": __version__, "python": platform.python_version(), "spark": spark.version,
            "java": str(spark._jvm.java.lang.System.getProperty("java.version"))}
-    for dist in ("pyarrow", "fasttext-numpy2", "tokenizers"):
+    for dist in ("pyarrow", "fasttext-community", "tokenizers"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     return out
@@ -49,8 +49,10 @@ def parts_glob(path: str) -> str:
 
 
 def read_parts(spark, path: str):
-    """DataFrame over a dataset directory's part files, finished or (for a job's own statistics) staging."""
-    return spark.read.parquet(parts_glob(path))
+    """DataFrame over a dataset directory's part files, finished or (for a job's own statistics) staging.
+    A filter rather than a glob path: Spark probes a glob path as a file and logs a stack trace when it is not one;
+    ``_quarantine`` and other ``_`` directories are skipped by Spark's file listing."""
+    return spark.read.option("pathGlobFilter", "part-*.parquet").parquet(path.rstrip("/"))
 
 
 def open_dataset(spark, path: str):
@@ -111,13 +113,8 @@ class JobOutput:
 
     def write(self, data, quarantine=None, stats: Callable[[object, str], dict] | None = None,
               extra: dict | None = None, max_records_per_file: int = 0) -> dict:
-        """Write ``data`` (and ``quarantine``) through staging; return the manifest.
-
-        ``stats(spark, staging_path)`` aggregates counts over the written files; it must return a dict with
-        ``rows_in``, ``rows_out`` and ``rows_quarantined`` (and ``rows_rejected_by_reason`` for a selection,
-        counted independently of the output), which are checked to balance.
-        """
-        self.fs.delete(self.staging)
+        """Write DataFrame ``data`` (and ``quarantine``) through staging with Spark's writer; return the manifest."""
+        self.begin()
         # No dictionary for `text`: documents are unique, so Parquet would build one page per row group only to
         # discard it (3 s of 20 s when scoring 240 MB on one core); `source` and the rest keep theirs.
         writer = (data.write.mode("overwrite").option("parquet.block.size", ROW_GROUP_BYTES)
@@ -131,6 +128,20 @@ class JobOutput:
         if quarantine is not None:
             quarantine.write.mode("overwrite").parquet(f"{self.staging}/{QUARANTINE_DIR}")
             self._rename_parts(f"{self.staging}/{QUARANTINE_DIR}")
+        return self.commit(stats, extra)
+
+    def begin(self) -> str:
+        """Clear what a killed run left in staging; return the staging path for the job to write into."""
+        self.fs.delete(self.staging)
+        return self.staging
+
+    def commit(self, stats: Callable[[object, str], dict] | None = None, extra: dict | None = None) -> dict:
+        """Aggregate ``stats`` over the staged files, check the balance, write the manifest and ``_SUCCESS``, and
+        move staging into place; return the manifest.
+
+        ``stats(spark, staging_path)`` must return a dict with ``rows_in``, ``rows_out`` and ``rows_quarantined``
+        (and ``rows_rejected_by_reason`` for a selection, counted independently of the output).
+        """
         t0 = time.time()
         counts = stats(self.spark, self.staging) if stats else {}
         log.info("%s: statistics aggregated over the output in %.1f s", self.job, time.time() - t0)

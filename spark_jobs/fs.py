@@ -73,3 +73,20 @@ class HadoopFS:
             return bytes(buf.toByteArray()).decode("utf-8")
         finally:
             stream.close()
+
+
+def arrow_filesystem(uri: str):
+    """(pyarrow FileSystem, path) for a Hadoop-style URI, for Python code on the executors.
+
+    ``file:/x`` (how Hadoop qualifies local paths) and plain paths are local; ``s3a://`` is S3 to pyarrow;
+    anything else (``hdfs://``, ``s3://``, ``gs://``, ``abfs://``) goes to ``pyarrow.fs.FileSystem.from_uri``.
+    """
+    import pyarrow.fs as pafs
+
+    if uri.startswith("file:"):
+        return pafs.LocalFileSystem(), "/" + uri[len("file:"):].lstrip("/")
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    if uri.startswith("s3a://"):
+        uri = "s3://" + uri[len("s3a://"):]
+    return pafs.FileSystem.from_uri(uri)
