@@ -12,6 +12,7 @@ import time
 import pytest
 
 from spark_jobs.ingest import IngestConfig, run_ingest
+from spark_jobs.score import ATTEMPTS_DIR, ScoreConfig, run_score
 from trait.config import from_dict
 from trait.contract import finished_dataset
 
@@ -73,15 +74,14 @@ def test_a_worker_killed_mid_job_does_not_lose_or_duplicate_rows(cluster, packag
     # 150 rows per file: 20 files, 20 tasks, so both workers are busy when one dies.
     run_ingest(spark, from_dict(IngestConfig, {"inputs": [{"path": str(tmp_path / "wiki.jsonl"), "source": "w"}],
                                                "max_records_per_file": 150}), str(tmp_path / "pool"))
-    from spark_jobs.score import ScoreConfig, run_score
 
     run_score(spark, from_dict(ScoreConfig, {"models": classifiers}), str(tmp_path / "pool"), str(tmp_path / "ref"))
 
     proc = submit(cluster, package, "score", "--input", str(tmp_path / "pool"), "--model", *classifiers,
                   "--output", str(tmp_path / "out"), wait=False)
-    temporary = tmp_path / "out._staging" / "_temporary"
+    attempts = tmp_path / "out._staging" / ATTEMPTS_DIR
     deadline = time.time() + 180
-    while proc.poll() is None and time.time() < deadline and not any(temporary.rglob("*.parquet")):
+    while proc.poll() is None and time.time() < deadline and not any(attempts.glob("*.parquet")):
         time.sleep(0.1)
     assert proc.poll() is None, f"the job ended before a worker could be killed:\n{proc.stdout.read()[-3000:]}"
     cluster.kill_worker(0)

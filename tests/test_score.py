@@ -17,7 +17,7 @@ import pytest
 
 from spark_jobs.classifier import load_card, positive_probability
 from spark_jobs.dataset import DatasetError
-from spark_jobs.score import ScoreConfig, run_score, score_batches
+from spark_jobs.score import ATTEMPTS_DIR, ScoreConfig, run_score, score_batch
 from spark_jobs.text import normalise
 from trait.config import ConfigError, from_dict
 from trait.contract import finished_dataset, validate_table
@@ -56,15 +56,36 @@ def test_manifest_counts_come_from_the_written_rows(scored, small_corpus):
     assert parts == [f"part-{i:05d}.parquet" for i in range(len(parts))]
 
 
-def test_a_text_with_nothing_to_score_gets_a_null_score(classifiers, spark):
-    from spark_jobs import shipped
-
+def test_a_text_with_nothing_to_score_gets_a_null_score(classifiers):
     card, bin_path = load_card(classifiers[0])
-    name = shipped.ship(spark, str(bin_path))
     batch = pa.RecordBatch.from_pydict({"text": ["a theorem on groups", " \u2003\n", "x"]})
-    (out,) = list(score_batches([("score_domain_math_v1", name)])(iter([batch])))
+    out = score_batch(batch, [("score_domain_math_v1", fasttext.load_model(str(bin_path)))])
     scores = out.column("score_domain_math_v1")
     assert scores.type == pa.float32() and scores.null_count == 1 and not scores[1].is_valid
+
+
+def test_splits_smaller_than_row_groups_score_every_row_once(spark, scored, small_corpus, classifiers, tmp_path):
+    """100 kB splits: most hold no row group midpoint and write nothing; the rest hold each row group once."""
+    cfg = from_dict(ScoreConfig, {"models": classifiers, "split_bytes": 100_000, "batch_rows": 100})
+    manifest = run_score(spark, cfg, small_corpus["pool"], str(tmp_path / "fine"))
+    assert manifest["splits"] > 10
+    fine, reference = finished_dataset(str(tmp_path / "fine")).to_table(), finished_dataset(scored).to_table()
+    assert fine.num_rows == reference.num_rows
+    assert fine.sort_by("id").equals(reference.sort_by("id"))
+
+
+def test_an_empty_corpus_gives_an_empty_typed_dataset(spark, classifiers, tmp_path):
+    from spark_jobs.ingest import IngestConfig, run_ingest
+
+    (tmp_path / "bad.jsonl").write_text('{"text": ""}\nnot json\n')
+    run_ingest(spark, from_dict(IngestConfig, {"inputs": [{"path": str(tmp_path / "bad.jsonl"), "source": "b"}]}),
+               str(tmp_path / "empty"))
+    manifest = run_score(spark, from_dict(ScoreConfig, {"models": classifiers}), str(tmp_path / "empty"),
+                         str(tmp_path / "scored"))
+    assert manifest["counts"]["rows_in"] == manifest["counts"]["rows_out"] == 0
+    table = finished_dataset(str(tmp_path / "scored")).to_table()
+    validate_table(table)
+    assert table.num_rows == 0 and "score_quality_edu_v1" in table.column_names
 
 
 def test_rerun_is_a_no_op(spark, scored, small_corpus, classifiers):
@@ -103,9 +124,9 @@ def test_a_job_killed_half_way_and_rerun_gives_the_uninterrupted_output(spark, c
     cmd = [sys.executable, "-m", "trait.cli", "score", "--master", "local[2]", "--input", str(tmp_path / "pool"),
            "--model", *classifiers, "--output", str(tmp_path / "killed")]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    temporary = tmp_path / "killed._staging" / "_temporary"
+    attempts = tmp_path / "killed._staging" / ATTEMPTS_DIR
     deadline = time.time() + 120
-    while not temporary.exists() and time.time() < deadline and proc.poll() is None:
+    while not attempts.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the job finished before it could be killed; give it more data"
     time.sleep(1.0)
