@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from trait.config import ConfigError, field, to_dict
-from trait.contract import finished_dataset, score_column
+from trait.contract import MANIFEST_NAME, finished_dataset, score_column
 
+from .fs import arrow_filesystem
 from .text import NORMALISER_VERSION, normalise
 
 log = logging.getLogger(__name__)
@@ -193,9 +194,37 @@ def _train(cfg: ClassifierConfig, train_file: str):
                       "lower lr or give more training data")
 
 
+def _fingerprint(cfg: ClassifierConfig) -> str | None:
+    """sha1 of the config and of each input dataset's own fingerprint (from its manifest); None if an input has no
+    manifest (training then fails with the reader's clear error)."""
+    upstream = []
+    for ref in [*cfg.positives, *cfg.negatives, *cfg.labelled]:
+        fs, root = arrow_filesystem(ref.path)
+        try:
+            with fs.open_input_stream(f"{root.rstrip('/')}/{MANIFEST_NAME}") as fh:
+                upstream.append(json.loads(fh.read()).get("fingerprint"))
+        except FileNotFoundError:
+            return None
+    blob = json.dumps({"config": to_dict(cfg), "inputs": upstream, "normaliser": NORMALISER_VERSION,
+                       "fasttext": metadata.version("fasttext-community")}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
 def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
-    """Train, evaluate on the held-out split, write ``<name>_v<version>.bin`` and ``card.json``; return the card."""
+    """Train, evaluate on the held-out split, write ``<name>_v<version>.bin`` and ``card.json``; return the card.
+
+    A classifier already in ``output`` from the same config and the same input datasets is reused, so a rerun
+    leaves the model file (and every score job fingerprinted on it) untouched."""
     started = time.time()
+    out = Path(output)
+    fingerprint = _fingerprint(cfg)
+    if fingerprint and (out / "card.json").is_file():
+        card = json.loads((out / "card.json").read_text())
+        model = out / card.get("model_file", "")
+        if (card.get("fingerprint") == fingerprint and model.is_file()
+                and hashlib.sha1(model.read_bytes()).hexdigest() == card["model_sha1"]):
+            log.info("%s: %s is trained with the same config and inputs; nothing to do", cfg.name, out)
+            return card
     examples, data_desc = load_examples(cfg)
     train = [(t, y) for i, t, y in examples if _hash01(cfg.seed, "heldout", i) >= cfg.heldout_fraction]
     held = [(t, y) for i, t, y in examples if _hash01(cfg.seed, "heldout", i) < cfg.heldout_fraction]
@@ -204,7 +233,6 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
         if classes != {0, 1}:
             raise ConfigError(f"the {split} split has labels {sorted(classes)}; both classes are needed "
                               f"({len(examples)} examples in all): add data or change heldout_fraction")
-    out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         train_file = os.path.join(tmp, "train.txt")
@@ -219,6 +247,7 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
     card = {
         "name": cfg.name, "version": cfg.version, "score_column": score_column(cfg.name, cfg.version),
         "model_file": bin_path.name, "model_sha1": hashlib.sha1(bin_path.read_bytes()).hexdigest(),
+        "fingerprint": fingerprint,
         "positive_label": POSITIVE, "normaliser": NORMALISER_VERSION,
         "data": {**data_desc, "train": {"n": len(train), "n_positive": sum(y for _, y in train)},
                  "heldout": {"n": len(held), "n_positive": int(labels.sum())}},

@@ -19,6 +19,7 @@ from trait.contract import BASE_SCHEMA, QUARANTINE_DIR, QUARANTINE_SCHEMA, doc_i
 
 from . import shipped
 from .dataset import JobOutput, read_parts
+from .fs import HadoopFS
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +185,14 @@ def _read_raw(spark, spec: InputSpec):
     """The input as (raw/text bytes, id, url, input_file) rows, and an independent count of its records."""
     from pyspark.sql import functions as F
 
+    # The matched files, not the glob: Spark probes a glob path for a streaming-sink log and prints a stack trace
+    # when it is not a directory. (JobOutput's fingerprint has already refused a glob that matches nothing.)
+    files = [uri for uri, _, _ in HadoopFS(spark).glob(spec.path)]
     if spec.resolved_format() == "jsonl":
-        df = spark.read.text(spec.path).select(
+        df = spark.read.text(files).select(
             F.col("value").cast("binary").alias("raw"), F.col("_metadata.file_path").alias("input_file"))
         return df, df.count()
-    df = spark.read.parquet(spec.path)
+    df = spark.read.parquet(*files)
     missing = [f for f in (spec.text_field, spec.id_field, spec.url_field) if f and f.split(".")[0] not in df.columns]
     if missing:
         raise ConfigError(f"{spec.path}: column(s) {missing} not found; columns are: {', '.join(df.columns)}")

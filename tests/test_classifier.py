@@ -37,6 +37,13 @@ def test_domain_classifier_separates_math_and_is_reproducible(small_corpus, tmp_
     assert card["data"]["heldout"]["n"] + card["data"]["train"]["n"] == 2 * 500  # 500 positives, ratio 1
     on_disk, bin_path = load_card(tmp_path / "a")
     assert on_disk == card and bin_path.exists()
+    # A rerun with the same config and inputs reuses the model: the file (and scores fingerprinted on it) stay.
+    mtime = bin_path.stat().st_mtime_ns
+    assert train_classifier(from_dict(ClassifierConfig, cfg), tmp_path / "a") == card
+    assert bin_path.stat().st_mtime_ns == mtime
+    # Another config retrains.
+    changed = train_classifier(from_dict(ClassifierConfig, {**cfg, "seed": 4}), tmp_path / "a")
+    assert changed["fingerprint"] != card["fingerprint"] and bin_path.stat().st_mtime_ns != mtime
 
 
 def _labelled(tmp_path, small_corpus, grades):
