@@ -9,7 +9,8 @@ Each threshold is one of:
 Percentiles and budgets are resolved exactly and deterministically with two aggregations: a histogram of the
 score over ``BINS`` bins finds the bin where the cumulative count (or token sum) crosses the target, then the
 distinct float32 values inside that bin (a few hundred at most) give the exact score. Nothing is collected to the
-driver but those small tables, so this works unchanged on a cluster-sized corpus. Null scores are never kept.
+driver but those small tables, so this works unchanged on a cluster-sized corpus. Null and NaN scores are never
+kept.
 """
 
 from __future__ import annotations
@@ -176,10 +177,17 @@ def select_stats(input_df, resolved: dict[str, dict]):
 
 def run_select(spark, config: SelectConfig, input_path: str, output: str, overwrite: bool = False) -> dict:
     """Resolve the thresholds over the scored dataset at ``input_path`` and write the kept rows to ``output``."""
+    from pyspark.sql import functions as F
+
     df, upstream = open_dataset(spark, input_path)
     job = JobOutput(spark, output, "select", to_dict(config), [parts_glob(input_path)], overwrite)
     if (done := job.finished()) is not None:
         return done
+    # Spark orders NaN above every number, so a NaN score would pass any threshold: treat it as no score (a row
+    # without a score is never kept; it is counted under null_<threshold>_score).
+    for t in config.thresholds().values():
+        if t.column in df.columns:
+            df = df.withColumn(t.column, F.when(~F.isnan(t.column), F.col(t.column)))
     resolved = resolve(df, config)
     for key, r in resolved.items():
         log.info("select: %s threshold %s %s resolved to score >= %s", key, r["column"], r["rule"], r["score"])

@@ -86,11 +86,13 @@ def test_a_threshold_that_keeps_nothing_and_a_budget_beyond_the_corpus(spark, sc
     assert not manifest["thresholds"]["domain"]["budget_reached"] and len(kept) == len(frame)
 
 
-def test_null_scores_are_never_kept_and_are_counted(spark, tmp_path):
+def test_null_and_nan_scores_are_never_kept_and_are_counted(spark, tmp_path):
+    # NaN sorts above every number in Spark, so without care it would pass any threshold.
     out = tmp_path / "nulls"
     out.mkdir()
     table = pa.table({"id": ["a", "b", "c"], "source": ["s"] * 3, "text": ["x", "y", "z"], "url": [None] * 3,
-                      "n_tokens": pa.array([1, 2, 3], pa.int64()), D: pa.array([None, None, None], pa.float32())})
+                      "n_tokens": pa.array([1, 2, 3], pa.int64()),
+                      D: pa.array([None, float("nan"), None], pa.float32())})
     pq.write_table(table, out / "part-00000.parquet")
     (out / "manifest.json").write_text(json.dumps({"job": "score"}))
     (out / "_SUCCESS").write_text("")
