@@ -1,0 +1,256 @@
+"""Exact and near-duplicate detection: normalisation, shingles, MinHash signatures and LSH band keys.
+
+One implementation for the Spark ``dedup`` job (which runs these functions on its executors) and for the
+synthetic-passage generator (which calls ``find_duplicates`` on a few thousand passages in memory). Imports only
+the standard library, numpy and xxhash, so ``synth/`` can use it without pyspark.
+
+- Normalisation: NFKC, lower case, tokens are runs of word characters or single punctuation marks, joined by one
+  space. White space and case variants become equal; punctuation stays, so ``x+1`` and ``x-1`` stay different.
+- Exact key: xxh3-128 of the normalised text (hex); a text that normalises to nothing keys on its own bytes.
+- Shingles: word n-grams over the tokens (``shingle_size``, default 5); a text with fewer tokens is one shingle.
+  A shingle's hash is xxh3-64 (seed 0) of its UTF-8 bytes: stable across processes, machines and versions,
+  never Python's salted ``hash()``.
+- Signatures: ``num_perm = bands * rows`` values ``min over shingles of (a_i * x + b_i) mod (2^61 - 1)``, with
+  ``x`` the shingle hash reduced mod 2^61 - 1, ``a_i`` in [1, 2^32) and ``b_i`` in [0, 2^61 - 1) drawn from
+  xxh3-64 of the seed and ``i``. ``a_i < 2^32`` lets numpy do the 93-bit product exactly in uint64 halves.
+- LSH: band ``j`` of a signature keys on xxh3-64 of its ``rows`` values (little-endian bytes), as int64.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+import xxhash
+
+from trait import UserError
+from trait.config import ConfigError, field
+
+NORMALISER_VERSION = "dedup-v1"
+MERSENNE_61 = (1 << 61) - 1
+
+_P = np.uint64(MERSENNE_61)
+_LOW32, _LOW29 = np.uint64(0xFFFFFFFF), np.uint64((1 << 29) - 1)
+_S29, _S32, _S61 = np.uint64(29), np.uint64(32), np.uint64(61)
+_CHUNK = 512  # shingles per numpy block: 512 x 128 perms x 8 B = 512 KiB per temporary, inside L2 (measured best)
+_TOKENS = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass
+class DedupConfig:
+    shingle_size: int = field(5, help="words per shingle (word n-grams over the normalised tokens)")
+    bands: int = field(16, help="LSH bands; two documents are candidates when all rows of one band agree")
+    rows: int = field(8, help="signature values per band; num_perm = bands * rows")
+    threshold: float = field(0.8, help="near duplicates: estimated Jaccard similarity of shingle sets >= this")
+    seed: int = field(0, help="seed of the MinHash permutations (the same seed gives the same signatures)")
+    max_bucket_size: int = field(100, help="LSH buckets with more documents pair each member with the bucket's "
+                                 "smallest id only (linear, not quadratic); the manifest counts the pairs skipped")
+    num_perm: int | None = field(None, help="optional check: when given, must equal bands * rows")
+    min_candidate_probability: float = field(0.5, help="refuse bands/rows whose chance of making a pair at exactly "
+                                             "the threshold a candidate, 1 - (1 - t^rows)^bands, is below this")
+
+    @property
+    def permutations(self) -> int:
+        return self.bands * self.rows
+
+    @property
+    def min_agreeing(self) -> int:
+        """Signature positions two documents must share to count as near duplicates: ceil(threshold * num_perm),
+        an integer, so the Spark job and the in-memory path decide identically."""
+        return math.ceil(self.threshold * self.permutations - 1e-9)
+
+    def candidate_probability(self, jaccard: float) -> float:
+        """Chance that a pair with this Jaccard similarity shares at least one band (the LSH S-curve)."""
+        return 1.0 - (1.0 - jaccard**self.rows) ** self.bands
+
+    def validate(self) -> None:
+        for name in ("shingle_size", "bands", "rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"threshold is a Jaccard similarity in (0, 1], got {self.threshold}")
+        if self.max_bucket_size < 2:
+            raise ConfigError(f"max_bucket_size must be >= 2, got {self.max_bucket_size}")
+        if self.num_perm is not None and self.num_perm != self.permutations:
+            raise ConfigError(f"num_perm {self.num_perm} != bands * rows = {self.bands} * {self.rows} = "
+                              f"{self.permutations}; fix one of them or drop num_perm")
+        p = self.candidate_probability(self.threshold)
+        if p < self.min_candidate_probability:
+            raise ConfigError(
+                f"bands={self.bands}, rows={self.rows} make only {p:.1%} of pairs at Jaccard {self.threshold} "
+                f"candidates (the S-curve's midpoint is {(1 / self.bands) ** (1 / self.rows):.2f}); use more bands "
+                "or fewer rows, or a higher threshold")
+
+
+def tokens(text: str) -> list[str]:
+    """Normalised tokens: NFKC, lower case, word runs and single punctuation marks."""
+    return _TOKENS.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def normalise(text: str) -> str:
+    """The text exact deduplication compares: its tokens joined by single spaces."""
+    return " ".join(tokens(text))
+
+
+def exact_key(text: str, normalised: str | None = None) -> str:
+    """32 hex chars: xxh3-128 of the normalised text, or of the text itself when it normalises to nothing."""
+    normalised = normalise(text) if normalised is None else normalised
+    return xxhash.xxh3_128_hexdigest((normalised or text).encode("utf-8", "surrogatepass"))
+
+
+def shingle_hashes(toks: list[str], shingle_size: int) -> np.ndarray:
+    """uint64 hashes of the word n-grams of ``toks`` (one shingle when there are fewer tokens; none for none)."""
+    if not toks:
+        return np.empty(0, dtype=np.uint64)
+    count = max(1, len(toks) - shingle_size + 1)
+    h = xxhash.xxh3_64_intdigest
+    return np.fromiter((h(" ".join(toks[i:i + shingle_size]).encode("utf-8", "surrogatepass"))
+                        for i in range(count)), dtype=np.uint64, count=count)
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b): uint64 arrays of length ``num_perm``; a in [1, 2^32), b in [0, 2^61 - 1), stable for a seed."""
+    h = xxhash.xxh3_64_intdigest
+    a = [h(f"minhash-a:{seed}:{i}".encode()) % 0xFFFFFFFF + 1 for i in range(num_perm)]
+    b = [h(f"minhash-b:{seed}:{i}".encode()) % MERSENNE_61 for i in range(num_perm)]
+    return np.array(a, dtype=np.uint64), np.array(b, dtype=np.uint64)
+
+
+def _permuted(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(x), num_perm) values (a * x + b) mod (2^61 - 1), exact, for x < 2^61 - 1 and a < 2^32.
+
+    a * x = a * x1 * 2^32 + a * x0 with x1 = x >> 32 (< 2^29) and x0 < 2^32, so each product fits in 64 bits;
+    2^61 = 1 (mod p) folds the high bits: v * 2^32 = (v >> 29) + ((v & (2^29 - 1)) << 32) and u = (u & p) + (u >> 61).
+    """
+    x1, x0 = (x >> _S32)[:, None], (x & _LOW32)[:, None]
+    v = x1 * a
+    total = v >> _S29
+    v &= _LOW29
+    v <<= _S32
+    total += v  # < 2^61 + 2^32
+    u = x0 * a
+    total += u >> _S61
+    u &= _P
+    total += u
+    total += b  # < 3 * 2^61 + 2^32 + 8: no overflow
+    folded = (total & _P) + (total >> _S61)  # < 2^61 + 4
+    return np.minimum(folded, folded - _P)  # canonical in [0, p): folded - p wraps around when folded < p
+
+
+def signatures(texts: list[str], config: DedupConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """MinHash signatures of ``texts``: (uint64 array (n, num_perm), bool array (n,) True where the text has any
+    token (rows without are all ones), exact keys). Shingles of all texts go through numpy in blocks of _CHUNK."""
+    a, b = permutations(config.permutations, config.seed)
+    hashes, counts, keys = [], np.zeros(len(texts), dtype=np.int64), []
+    for i, text in enumerate(texts):
+        toks = tokens(text)
+        keys.append(exact_key(text, " ".join(toks)))
+        h = shingle_hashes(toks, config.shingle_size)
+        hashes.append(h)
+        counts[i] = len(h)
+    sigs = np.full((len(texts), config.permutations), np.iinfo(np.uint64).max, dtype=np.uint64)
+    x = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+    x = (x & _P) + (x >> _S61)  # x mod p for x < 2^64: fold the bits above 61 down (2^61 = 1 mod p) ...
+    x = np.minimum(x, x - _P)  # ... then make it canonical
+    owner = np.repeat(np.arange(len(texts)), counts)  # the text each shingle belongs to, ascending
+    for start in range(0, len(x), _CHUNK):
+        block, rows = _permuted(x[start:start + _CHUNK], a, b), owner[start:start + _CHUNK]
+        firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        docs = rows[firsts]  # distinct within a block
+        mins = block.min(axis=0, keepdims=True) if len(firsts) == 1 else np.minimum.reduceat(block, firsts, axis=0)
+        sigs[docs] = np.minimum(sigs[docs], mins)
+    return sigs, counts > 0, keys
+
+
+def band_keys(sigs: np.ndarray, config: DedupConfig) -> np.ndarray:
+    """int64 (n, bands): xxh3-64 of each band's ``rows`` signature values as little-endian bytes."""
+    n = sigs.shape[0]
+    raw = np.ascontiguousarray(sigs, dtype="<u8").view(np.uint8).reshape(n, config.bands, config.rows * 8)
+    h = xxhash.xxh3_64_intdigest
+    keys = np.fromiter((h(raw[i, j].tobytes()) for i in range(n) for j in range(config.bands)),
+                       dtype=np.uint64, count=n * config.bands)
+    return keys.view(np.int64).reshape(n, config.bands)
+
+
+class DuplicateIdError(UserError, ValueError):
+    """Two documents share an id, so "keep the smallest id" cannot choose between them."""
+
+
+def candidate_pairs(ids: list[str], keys: np.ndarray, config: DedupConfig) -> tuple[set[tuple[str, str]], dict]:
+    """Pairs (smaller id, larger id) that share a band key, and bucket statistics.
+
+    A bucket of up to ``max_bucket_size`` documents gives all its pairs; a larger one pairs each member with its
+    smallest id only, so a bucket of n costs n - 1 pairs instead of n (n - 1) / 2 (the rest are counted as
+    skipped; members similar to each other but not to that smallest id can still meet in another band)."""
+    pairs: set[tuple[str, str]] = set()
+    stats = {"oversized_buckets": 0, "pairs_skipped": 0}
+    for band in range(config.bands):
+        buckets: dict[int, list[str]] = {}
+        for doc, key in zip(ids, keys[:, band].tolist()):
+            buckets.setdefault(key, []).append(doc)
+        for members in buckets.values():
+            n = len(members)
+            if n < 2:
+                continue
+            members.sort()
+            if n <= config.max_bucket_size:
+                pairs.update((members[i], members[j]) for i in range(n) for j in range(i + 1, n))
+            else:
+                pairs.update((members[0], m) for m in members[1:])
+                stats["oversized_buckets"] += 1
+                stats["pairs_skipped"] += n * (n - 1) // 2 - (n - 1)
+    return pairs, stats
+
+
+def find_duplicates(ids: list[str], texts: list[str], config: DedupConfig) -> dict[str, tuple[str, str]]:
+    """Documents to drop: ``{id: (reason, representative id)}``, reason ``exact_duplicate`` or ``near_duplicate``.
+
+    The Spark job's algorithm in memory, for a few thousand texts: (1) exact: among texts with the same exact key
+    keep the smallest id; (2) near, over the survivors: candidate pairs from LSH bands, verified by signature
+    agreement >= ``min_agreeing``, connected components (union-find), keep each component's smallest id.
+    An exact duplicate's representative is its exact twin, which may itself be a near duplicate of another."""
+    if len(set(ids)) != len(ids):
+        raise DuplicateIdError("ids must be unique: give each text its own id before deduplicating")
+    sigs, present, keys = signatures(texts, config)
+    first: dict[str, str] = {}
+    for doc, key in sorted(zip(ids, keys)):
+        first.setdefault(key, doc)
+    dropped = {doc: ("exact_duplicate", first[key]) for doc, key in zip(ids, keys) if first[key] != doc}
+    rows = [i for i, doc in enumerate(ids) if present[i] and doc not in dropped]
+    survivors = [ids[i] for i in rows]
+    pairs, _ = candidate_pairs(survivors, band_keys(sigs[rows], config), config)
+    position = {doc: i for i, doc in enumerate(ids)}
+    parent = {doc: doc for doc in survivors}
+
+    def root(doc: str) -> str:
+        while parent[doc] != doc:
+            parent[doc] = parent[parent[doc]]  # path halving
+            doc = parent[doc]
+        return doc
+
+    for left, right in sorted(pairs):
+        agreeing = int(np.count_nonzero(sigs[position[left]] == sigs[position[right]]))
+        if agreeing >= config.min_agreeing:
+            a, b = root(left), root(right)
+            parent[max(a, b)] = min(a, b)  # the root is always the component's smallest id
+    dropped.update({doc: ("near_duplicate", root(doc)) for doc in survivors if root(doc) != doc})
+    return dropped
+
+
+def near_duplicate_clusters(ids: list[str], texts: list[str], config: DedupConfig) -> list[list[str]]:
+    """Clusters of two or more documents (exact and near duplicates together), each sorted with the kept
+    representative (its smallest id) first; clusters in order of representative. Singletons are left out."""
+    dropped = find_duplicates(ids, texts, config)
+
+    def kept(doc: str) -> str:
+        while doc in dropped:
+            doc = dropped[doc][1]
+        return doc
+
+    clusters: dict[str, list[str]] = {}
+    for doc in dropped:
+        clusters.setdefault(kept(doc), []).append(doc)
+    return [[rep, *sorted(members)] for rep, members in sorted(clusters.items())]
