@@ -18,6 +18,16 @@ if ! command -v java >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openjdk-17-jre-headless >/dev/null
 fi
 
+# Debian's headless Chromium: tests/test_report.py opens the report in it through playwright (no browser
+# download). Only the tests need it, so a failed install warns instead of stopping the setup.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: no chromium on PATH; installing Debian's chromium for the report test" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null; } ||
+    echo "setup: could not install chromium; the browser checks of tests/test_report.py will fail" >&2
+fi
+
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv

@@ -1,0 +1,146 @@
+"""``trait report``: a threshold-tuning report over a scored corpus, as one self-contained HTML page.
+
+For each score column: histograms by documents and by tokens, exact document- and token-weighted percentiles and
+sample documents from each score bucket; for the domain and quality columns, the documents and tokens kept by
+every pair of thresholds; optionally precision, recall and F1 per threshold against validation labels. Every
+figure is a Spark aggregation (``report_stats``); the driver only sees tables of bins and thresholds.
+
+Validation labels are a rule, not a column: with ``positive_sources``, a document of the validation dataset (a
+finished scored dataset, by default the input itself) is a positive when its ``source`` starts with one of the
+prefixes, otherwise a negative. Ingest a labelled set as sources such as ``val/pos`` and ``val/neg``, score it,
+and pass ``--validation runs/val_scored --positive-sources val/pos``.
+
+The output is a directory written like a dataset: ``report.html``, ``report.json`` (every figure as data),
+``manifest.json`` and ``_SUCCESS``, staged and moved into place; a rerun with the same config and inputs is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from trait.config import ConfigError, field, to_dict
+
+from . import report_stats as stats
+from .dataset import DatasetError, JobOutput, open_dataset, parts_glob
+from .report_html import render_report
+
+log = logging.getLogger(__name__)
+
+TENTHS = [round(i / 10, 1) for i in range(10)]
+
+
+@dataclass
+class ReportConfig:
+    bins: int = field(20, help="histogram bins over [0, 1]")
+    percentiles: list[float] = field(default_factory=lambda: [1, 5, 10, 25, 50, 75, 90, 95, 99],
+                                     help="percentiles (0-100] to tabulate, by documents and by tokens")
+    domain_column: str | None = field(None, help="grid rows; default: the one score_domain_* column")
+    quality_column: str | None = field(None, help="grid columns; default: the one score_quality_* column")
+    domain_thresholds: list[float] = field(default_factory=lambda: list(TENTHS), help="grid thresholds (score >= t)")
+    quality_thresholds: list[float] = field(default_factory=lambda: list(TENTHS), help="grid thresholds (score >= t)")
+    positive_sources: list[str] | None = field(None, help="validation: sources starting with these are positives")
+    validation_column: str | None = field(None, help="score judged against the labels; default: the domain column")
+    sample_buckets: int = field(10, help="equal-width score buckets over [0, 1] to sample documents from")
+    samples_per_bucket: int = field(3, help="documents shown per bucket and score column")
+    sample_chars: int = field(600, help="characters of each sample's text shown")
+    seed: int = field(0, help="sample choice: the smallest sha1('<seed>:<id>') in each bucket")
+
+    def validate(self) -> None:
+        if not 1 <= self.bins <= 1000:
+            raise ConfigError(f"bins must be in [1, 1000], got {self.bins}")
+        if any(not 0 < p <= 100 for p in self.percentiles):
+            raise ConfigError(f"percentiles must be in (0, 100], got {self.percentiles}")
+        for name in ("domain_thresholds", "quality_thresholds"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} needs at least one threshold")
+            setattr(self, name, sorted(set(getattr(self, name))))  # the bucket index needs them ascending
+        if not 1 <= self.sample_buckets <= 1000 or not 0 <= self.samples_per_bucket <= 100:
+            raise ConfigError("sample_buckets must be in [1, 1000] and samples_per_bucket in [0, 100]")
+        if self.sample_chars <= 0:
+            raise ConfigError(f"sample_chars must be positive, got {self.sample_chars}")
+        if self.positive_sources is not None and not all(self.positive_sources):
+            raise ConfigError("positive_sources must be non-empty prefixes, e.g. ['math/']")
+
+
+def _axis_column(columns: list[str], given: str | None, kind: str) -> str | None:
+    """The configured column (which must exist), else the single ``score_<kind>_*`` column, else None."""
+    if given is not None:
+        if given not in columns:
+            raise ConfigError(f"{kind}_column {given!r} not found; score columns are: {columns}")
+        return given
+    matches = [c for c in columns if c.startswith(f"score_{kind}_")]
+    return matches[0] if len(matches) == 1 else None
+
+
+def build_figures(df, config: ReportConfig, input_path: str, validation=None) -> dict:
+    """Every figure of the report as plain data. ``validation``: (DataFrame, path) labelled by the source rule."""
+    columns = [c for c in df.columns if c.startswith("score_")]
+    if not columns:
+        raise DatasetError(f"{input_path} has no score_* columns; run `trait score` on it first")
+    docs, tokens, summaries = stats.column_summaries(df, columns)
+    data = {"input": input_path, "documents": docs, "tokens": tokens, "config": to_dict(config),
+            "columns": summaries, "histograms": {}, "samples": {}, "grid": None, "validation": None, "notes": {}}
+    if not docs:
+        data["notes"]["empty"] = "The corpus is empty: 0 documents, so there is nothing to plot or sample."
+    for column in columns:
+        hist = stats.histogram_and_percentiles(df, column, config.bins, config.percentiles)
+        s = summaries[column]
+        binned = sum(hist["docs"])
+        if binned + s["null"] + s["nan"] != docs:  # two independent aggregations must agree on every row
+            raise DatasetError(f"{column}: {binned} binned + {s['null']} null + {s['nan']} NaN != {docs} documents")
+        data["histograms"][column] = hist
+        if docs and not s["valid"]:
+            data["notes"][f"null:{column}"] = f"{column}: no document has a score (all null or NaN)."
+        data["samples"][column] = stats.sample_documents(df, column, config.sample_buckets, config.samples_per_bucket,
+                                                         config.sample_chars, config.seed) if s["valid"] else []
+    domain = _axis_column(columns, config.domain_column, "domain")
+    quality = _axis_column(columns, config.quality_column, "quality")
+    if domain and quality and domain != quality:
+        data["grid"] = stats.threshold_grid(df, domain, quality, config.domain_thresholds, config.quality_thresholds)
+    else:
+        data["notes"]["grid"] = (f"No threshold grid: it needs two score columns, set domain_column and "
+                                 f"quality_column (score columns: {', '.join(columns)}).")
+    if validation is not None:
+        vdf, vpath = validation
+        column = config.validation_column or domain
+        if column is None or column not in vdf.columns:
+            raise ConfigError(f"validation_column {column!r} not found in {vpath}; score columns there are: "
+                              f"{[c for c in vdf.columns if c.startswith('score_')]}")
+        # The quality column is judged at the quality thresholds, any other at the domain thresholds.
+        thresholds = config.quality_thresholds if column == quality else config.domain_thresholds
+        data["validation"] = {"path": vpath, **stats.precision_recall(vdf, column, thresholds,
+                                                                      config.positive_sources)}
+    return data
+
+
+def run_report(spark, config: ReportConfig, input_path: str, output: str, validation_path: str | None = None,
+               overwrite: bool = False) -> dict:
+    """Write the report of the finished scored dataset ``input_path`` to the directory ``output``; return the
+    manifest (with the figures under ``report``)."""
+    if validation_path is not None and not config.positive_sources:
+        raise ConfigError("--validation needs positive_sources (--positive-sources PREFIX ...) to label documents")
+    df, _ = open_dataset(spark, input_path)
+    globs = [parts_glob(input_path)]
+    validation = None
+    if config.positive_sources:
+        if validation_path is None:
+            validation = (df, input_path)
+        else:
+            validation = (open_dataset(spark, validation_path)[0], validation_path)
+            globs.append(parts_glob(validation_path))
+    job = JobOutput(spark, output, "report", {**to_dict(config), "validation": validation_path}, globs, overwrite)
+    if (done := job.finished()) is not None:
+        return done
+    t0 = time.time()
+    data = build_figures(df, config, input_path, validation)
+    log.info("report: figures aggregated in %.1f s", time.time() - t0)
+    staging = job.begin()
+    job.fs.write_text(f"{staging}/report.json", json.dumps(data, indent=1, sort_keys=True))
+    job.fs.write_text(f"{staging}/report.html", render_report(data))
+    # Every row is described (binned, null or NaN in each column; checked in build_figures); none is written.
+    counts = {"rows_in": data["documents"], "rows_described": data["documents"], "tokens_in": data["tokens"]}
+    return job.commit(extra={"counts": counts, "report": {"html": f"{job.path}/report.html",
+                                                          "json": f"{job.path}/report.json"}})

@@ -1,0 +1,219 @@
+"""``trait report``: every figure equals an independent pandas computation; the page is escaped and loads cleanly
+in headless Chromium; empty corpora and all-null scores render with a note; reruns are no-ops."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from spark_jobs.dataset import DatasetError
+from spark_jobs.report import ReportConfig, run_report
+from trait.cli import main
+from trait.config import ConfigError, from_dict
+from trait.contract import finished_dataset
+
+D, Q = "score_domain_math_v1", "score_quality_edu_v1"
+EVIL = ('<script>console.error("pwned")</script><img src=x onerror="console.error(\'pwned\')">'
+        "<b>bold</b> &amp; </pre><style>body{display:none}</style>")
+CONFIG = {"positive_sources": ["wiki/"], "validation_column": Q}
+
+
+def _write_dataset(path: Path, table: pa.Table) -> str:
+    """A finished dataset directory holding ``table`` (as the jobs write them: part, manifest, marker)."""
+    path.mkdir(parents=True)
+    pq.write_table(table, path / "part-00000.parquet")
+    (path / "manifest.json").write_text("{}")
+    (path / "_SUCCESS").write_text("")
+    return str(path)
+
+
+def _evil_id() -> str:
+    """An id whose sample key sha1('0:<id>') starts with 0000, so it is the sample of its bucket."""
+    for n in itertools.count():
+        if hashlib.sha1(f"0:evil-{n}".encode()).hexdigest().startswith("0000"):
+            return f"evil-{n}"
+
+
+@pytest.fixture(scope="module")
+def corpus(scored, tmp_path_factory):
+    """The scored pool plus a script-injecting web page, a NaN score and a row without scores."""
+    base = finished_dataset(scored).to_table()
+    extra = pa.table({"id": [_evil_id(), "nan-row", "null-row"], "source": ["web/<b>evil</b>", "web/x", "web/x"],
+                      "text": [EVIL, "a NaN domain score", "no scores"], "url": [None, None, None],
+                      "n_tokens": pa.array([12, 4, 2], pa.int64()),
+                      D: pa.array([0.97, float("nan"), None], pa.float32()),
+                      Q: pa.array([0.55, 0.3, None], pa.float32())}).select(base.schema.names).cast(base.schema)
+    root = tmp_path_factory.mktemp("report")
+    return _write_dataset(root / "corpus", pa.concat_tables([base, extra]))
+
+
+@pytest.fixture(scope="module")
+def report(spark, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report_out") / "report"
+    manifest = run_report(spark, from_dict(ReportConfig, CONFIG), corpus, str(out))
+    return out, manifest, json.loads((out / "report.json").read_text())
+
+
+def _pandas(corpus):
+    frame = finished_dataset(corpus).to_table().to_pandas()
+    for c in (D, Q):
+        frame[c] = frame[c].astype("float64")  # Spark compares float32 scores as doubles
+    return frame
+
+
+def _percentile(frame, column, weights, p):
+    valid = frame[frame[column].notna()].sort_values(column, kind="stable")
+    w = np.ones(len(valid), dtype=np.int64) if weights == "docs" else valid["n_tokens"].to_numpy()
+    cum = np.cumsum(w)
+    return float(valid[column].to_numpy()[np.argmax(cum >= p * cum[-1] / 100)])
+
+
+def test_figures_equal_independent_pandas_computations(report, corpus):
+    out, manifest, data = report
+    frame = _pandas(corpus)
+    assert (out / "_SUCCESS").exists() and manifest["counts"]["rows_in"] == len(frame)
+    assert data["documents"] == len(frame) and data["tokens"] == frame["n_tokens"].sum()
+    for c in (D, Q):
+        valid = frame[frame[c].notna()]
+        s = data["columns"][c]
+        arrow = finished_dataset(corpus).to_table().column(c)
+        nans = pc.sum(pc.is_nan(arrow)).as_py()
+        assert (s["valid"], s["null"], s["nan"]) == (len(valid), arrow.null_count, nans)
+        assert nans == (c == D)  # the injected NaN row
+        assert s["valid_tokens"] == valid["n_tokens"].sum()
+        index = np.clip(np.floor(valid[c].to_numpy() * 20), 0, 19).astype(int)
+        hist = data["histograms"][c]
+        assert hist["docs"] == np.bincount(index, minlength=20).tolist()
+        assert hist["tokens"] == np.bincount(index, weights=valid["n_tokens"], minlength=20).astype(int).tolist()
+        for weights in ("docs", "tokens"):
+            got = {r["p"]: r["score"] for r in hist["percentiles"][weights]}
+            assert got == {p: _percentile(frame, c, weights, p) for p in (1, 5, 10, 25, 50, 75, 90, 95, 99)}
+    grid = data["grid"]
+    assert (grid["domain_column"], grid["quality_column"]) == (D, Q)
+    for i, j in itertools.product(range(10), range(10)):
+        kept = frame[(frame[D] >= grid["domain_thresholds"][i]) & (frame[Q] >= grid["quality_thresholds"][j])]
+        assert (grid["kept_docs"][i][j], grid["kept_tokens"][i][j]) == (len(kept), kept["n_tokens"].sum())
+    positive = frame["source"].str.startswith("wiki/")
+    v = data["validation"]
+    assert (v["column"], v["documents"], v["positives"]) == (Q, len(frame), positive.sum())
+    for row in v["rows"]:
+        predicted = frame[Q] >= row["threshold"]
+        tp, fp = (predicted & positive).sum(), (predicted & ~positive).sum()
+        precision, recall = tp / (tp + fp), tp / positive.sum()
+        assert (row["tp"], row["fp"], row["fn"]) == (tp, fp, positive.sum() - tp)
+        assert row["precision"] == pytest.approx(precision) and row["recall"] == pytest.approx(recall)
+        assert row["f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+
+
+def test_samples_are_the_smallest_hashes_per_bucket_cut_to_600_characters(report, corpus):
+    _, _, data = report
+    frame = _pandas(corpus)
+    for c in (D, Q):
+        valid = frame[frame[c].notna()].copy()
+        valid["bucket"] = np.clip(np.floor(valid[c] * 10), 0, 9).astype(int)
+        valid["key"] = [hashlib.sha1(f"0:{i}".encode()).hexdigest() for i in valid["id"]]
+        expected = {b: g.sort_values(["key", "id"]).head(3) for b, g in valid.groupby("bucket")}
+        got = {b["bucket"]: b["docs"] for b in data["samples"][c]}
+        assert sorted(got) == sorted(expected)
+        for b, docs in got.items():
+            assert [d["id"] for d in docs] == expected[b]["id"].tolist()
+            assert [d["text"] for d in docs] == [t[:600] for t in expected[b]["text"]]
+            assert [d["chars"] for d in docs] == [len(t) for t in expected[b]["text"]]
+    assert data["samples"][D][-1]["docs"][0]["text"] == EVIL  # the injected page is shown
+
+
+def _open_in_chromium(html: Path) -> dict:
+    """Load the page in headless Chromium; console messages, page errors, images and the DOM facts we check."""
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    assert executable, "chromium not on PATH: run infra/setup.sh (apt-get install chromium)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--headless=new"])
+        page = browser.new_page()
+        console, errors = [], []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(html.as_uri(), wait_until="load")
+        facts = page.evaluate("""() => ({
+            widths: Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0),
+            scripts: document.querySelectorAll('script').length,
+            bold: document.querySelectorAll('b').length,
+            styles: document.querySelectorAll('style').length,
+            pres: Array.from(document.querySelectorAll('pre')).map(p => p.textContent),
+            notes: Array.from(document.querySelectorAll('.note')).map(p => p.textContent),
+            visible: document.body.offsetHeight > 0})""")
+        browser.close()
+    return {"console": console, "errors": errors, **facts}
+
+
+def test_page_loads_in_chromium_with_every_plot_and_web_text_escaped(report):
+    out, _, data = report
+    page = _open_in_chromium(out / "report.html")
+    assert page["console"] == [] and page["errors"] == []
+    # Two histograms, the threshold grid and the validation curve; the injected <img src=x> is not an element.
+    assert len(page["widths"]) == 4 and all(w > 0 for w in page["widths"])
+    assert (page["scripts"], page["bold"], page["styles"], page["visible"]) == (0, 0, 1, True)
+    assert EVIL in page["pres"]
+    raw = (out / "report.html").read_text()
+    assert "<script" not in raw and "&lt;script&gt;" in raw and "web/&lt;b&gt;evil&lt;/b&gt;" in raw
+
+
+def test_rerun_with_same_config_and_inputs_is_a_noop_through_the_cli(report, corpus, tmp_path, capsys):
+    out, manifest, _ = report
+    before = (out / "report.html").stat().st_mtime_ns
+    config = tmp_path / "report.yaml"
+    config.write_text(yaml.safe_dump({"validation_column": Q}))
+    argv = ["report", "--config", str(config), "--input", corpus, "--output", str(out), "--positive-sources", "wiki/"]
+    assert main(argv) == 0
+    assert (out / "report.html").stat().st_mtime_ns == before
+    assert json.loads((out / "manifest.json").read_text())["wall_time_s"] == manifest["wall_time_s"]
+    assert json.loads(capsys.readouterr().out)["rows_in"] == manifest["counts"]["rows_in"]
+
+
+def test_empty_corpus_renders_with_a_note(spark, scored, tmp_path):
+    empty = _write_dataset(tmp_path / "empty", finished_dataset(scored).to_table().slice(0, 0))
+    run_report(spark, from_dict(ReportConfig, {}), empty, str(tmp_path / "out"))
+    data = json.loads((tmp_path / "out/report.json").read_text())
+    assert (data["documents"], data["tokens"]) == (0, 0)
+    assert data["grid"]["kept_docs"][0][0] == 0 and data["samples"] == {D: [], Q: []}
+    page = _open_in_chromium(tmp_path / "out/report.html")
+    assert page["console"] == [] and page["errors"] == [] and page["widths"] == []
+    assert any("corpus is empty" in n for n in page["notes"])
+
+
+def test_all_null_score_column_renders_with_a_note(spark, scored, tmp_path):
+    table = finished_dataset(scored).to_table()
+    nulls = pa.nulls(len(table), pa.float32())
+    table = table.set_column(table.schema.get_field_index(D), table.schema.field(D), nulls)
+    corpus = _write_dataset(tmp_path / "nulls", table)
+    run_report(spark, from_dict(ReportConfig, {}), corpus, str(tmp_path / "out"))
+    data = json.loads((tmp_path / "out/report.json").read_text())
+    assert data["columns"][D]["null"] == len(table) and data["histograms"][D]["docs"] == [0] * 20
+    assert all(r["score"] is None for r in data["histograms"][D]["percentiles"]["docs"])
+    assert data["samples"][D] == [] and data["grid"]["kept_docs"][0][0] == 0
+    page = _open_in_chromium(tmp_path / "out/report.html")
+    assert page["console"] == [] and page["errors"] == []
+    assert len(page["widths"]) == 2 and all(w > 0 for w in page["widths"])  # the quality histogram and the grid
+    assert any(f"{D}: no document has a score" in n for n in page["notes"])
+
+
+def test_bad_requests_say_what_to_do(spark, scored, small_corpus, tmp_path):
+    with pytest.raises(ConfigError, match="not found; score columns are"):
+        run_report(spark, from_dict(ReportConfig, {"domain_column": "score_x_v1"}), scored, str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="needs positive_sources"):
+        run_report(spark, ReportConfig(), scored, str(tmp_path / "b"), validation_path=scored)
+    with pytest.raises(DatasetError, match="run `trait score`"):
+        run_report(spark, ReportConfig(), small_corpus["pool"], str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="percentiles"):
+        from_dict(ReportConfig, {"percentiles": [0]})
