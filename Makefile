@@ -1,5 +1,5 @@
 # The README's commands. Every target first runs infra/setup.sh, which installs only what is missing.
-.PHONY: setup demo test bench lint
+.PHONY: setup demo test bench bench-score bench-dsir lint
 
 setup:
 	bash infra/setup.sh
@@ -10,8 +10,13 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest
 
-bench: setup
+bench: bench-score bench-dsir
+
+bench-score: setup
 	.venv/bin/python -m benchmarks.score_throughput
+
+bench-dsir: setup
+	.venv/bin/python -m benchmarks.dsir_throughput
 
 lint: setup
 	.venv/bin/ruff check .

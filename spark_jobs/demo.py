@@ -1,8 +1,11 @@
-"""``trait demo``: the math selection pipeline on ../shared/data, end to end, and its summary table.
+"""``trait demo``: the math selection pipeline on ../shared/data, end to end, and its summary tables.
 
-Ingest the seed and the pool, train the domain and quality classifiers, score the pool on Spark, select, and
-print documents and tokens scored and kept by source, the resolved thresholds and the held-out metrics. The
-configs are the YAML files in ``infra/configs/demo`` (``${data}`` and ``${work}`` are filled in here).
+Ingest the seed and the pool; deduplicate the pool; decontaminate both against the nine math benchmarks' test
+splits; train the domain and quality classifiers; score the pool on Spark and select (TRAIT); draw a random and a
+DSIR selection at the same token budget; write the threshold-tuning report. Prints documents and tokens scored and
+kept by source, the resolved thresholds, the held-out metrics, what dedup and decontamination removed, and the
+three selections side by side. The configs are the YAML files in ``infra/configs/demo`` (``${data}`` and
+``${work}`` are filled in here).
 """
 
 from __future__ import annotations
@@ -15,9 +18,17 @@ from pathlib import Path
 import yaml
 
 from trait.config import ConfigError, from_dict
+from trait.decontam import DecontamConfig
+from trait.minhash import DedupConfig
 
+from .baselines import RandomConfig, run_random
 from .classifier import ClassifierConfig, train_classifier
+from .compare import compare_selections, comparison_table
+from .decontaminate import run_decontaminate
+from .dedup import run_dedup
+from .dsir import DsirConfig, run_dsir
 from .ingest import IngestConfig, run_ingest
+from .report import ReportConfig, run_report
 from .score import ScoreConfig, run_score
 from .select import SelectConfig, run_select
 from .session import get_spark
@@ -60,6 +71,22 @@ def summary_table(scored: dict, selected: dict, cards: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cleaning_table(dedup: dict, decontaminated: dict[str, dict]) -> str:
+    """Markdown: documents the pool's dedup dropped by reason, and what decontamination quarantined per benchmark."""
+    c = dedup["counts"]
+    lines = ["| step | dataset | documents in | documents out | removed | by reason |", "|---|---|---:|---:|---:|---|"]
+    reasons = ", ".join(f"{k}: {v['rows']:,}" for k, v in c["dropped_by_reason"].items()) or "-"
+    lines.append(f"| dedup | pool | {c['rows_in']:,} | {c['rows_out']:,} | {c['rows_in'] - c['rows_out']:,} | "
+                 f"{reasons} |")
+    for name, m in decontaminated.items():
+        d = m["counts"]
+        hits = sorted(d["quarantined_by_benchmark"].items())
+        per = ", ".join(f"{k}: {v['rows']:,}" for k, v in hits if v["rows"]) or "-"
+        lines.append(f"| decontaminate | {name} | {d['rows_in']:,} | {d['rows_out']:,} | {d['rows_quarantined']:,} "
+                     f"| {per} |")
+    return "\n".join(lines)
+
+
 def run_demo(workdir: str, data: str, master: str | None = None) -> dict:
     """Run the whole demo under ``workdir``; finished steps of an earlier run are reused."""
     started = time.time()
@@ -69,8 +96,12 @@ def run_demo(workdir: str, data: str, master: str | None = None) -> dict:
         raise ConfigError(f"{data} does not look like the shared data directory (no corpora/ inside); "
                           "pass --data or set TRAIT_SHARED_DATA")
     spark = get_spark("trait-demo", master)
-    run_ingest(spark, load_demo_config(IngestConfig, "ingest_seed.yaml", values), str(work / "seed"))
-    run_ingest(spark, load_demo_config(IngestConfig, "ingest_pool.yaml", values), str(work / "pool"))
+    run_ingest(spark, load_demo_config(IngestConfig, "ingest_seed.yaml", values), str(work / "raw_seed"))
+    run_ingest(spark, load_demo_config(IngestConfig, "ingest_pool.yaml", values), str(work / "raw_pool"))
+    dedup = run_dedup(spark, from_dict(DedupConfig, {}), str(work / "raw_pool"), str(work / "dedup_pool"))
+    decontam = from_dict(DecontamConfig, {"shared_data": values["data"]})
+    decontaminated = {name: run_decontaminate(spark, decontam, str(work / src), str(work / name))
+                      for name, src in (("seed", "raw_seed"), ("pool", "dedup_pool"))}
     cards = []
     for name in ("classifier_domain.yaml", "classifier_quality.yaml"):
         cfg = load_demo_config(ClassifierConfig, name, values)
@@ -79,8 +110,18 @@ def run_demo(workdir: str, data: str, master: str | None = None) -> dict:
     scored = run_score(spark, from_dict(ScoreConfig, {"models": models}), str(work / "pool"), str(work / "scored"))
     selected = run_select(spark, load_demo_config(SelectConfig, "select.yaml", values), str(work / "scored"),
                           str(work / "selected"))
-    table = summary_table(scored, selected, cards)
+    # The paper's baselines draw from the same scored pool to the budget the TRAIT selection reached.
+    same_budget = {"budget_from": str(work / "selected"), "seed": 0}
+    run_random(spark, from_dict(RandomConfig, same_budget), str(work / "scored"), str(work / "random"))
+    run_dsir(spark, from_dict(DsirConfig, same_budget), str(work / "scored"), str(work / "seed"), str(work / "dsir"))
+    report = run_report(spark, from_dict(ReportConfig, {}), str(work / "scored"), str(work / "report"))
+    comparison = compare_selections(spark, {"trait": str(work / "selected"), "random": str(work / "random"),
+                                            "dsir": str(work / "dsir")})
+    table = "\n\n".join([cleaning_table(dedup, decontaminated), summary_table(scored, selected, cards),
+                          comparison_table(comparison)])
     (work / "summary.md").write_text(table + "\n")
     print(table)
-    print(f"\ndemo finished in {time.time() - started:.0f} s; datasets and models under {work}")
-    return {"scored": scored, "selected": selected, "cards": cards}
+    print(f"\nreport: {report['report']['html']}")
+    print(f"demo finished in {time.time() - started:.0f} s; datasets and models under {work}")
+    return {"dedup": dedup, "decontaminated": decontaminated, "scored": scored, "selected": selected,
+            "cards": cards, "comparison": comparison, "report": report}

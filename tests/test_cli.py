@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -57,12 +56,28 @@ def test_the_chain_through_the_command_line(tmp_path):
 
 
 @pytest.mark.demo
-def test_the_demo_prints_its_table(tmp_path):
+def test_the_demo_prints_its_tables(tmp_path):
     proc = trait("demo", "--data", str(SHARED_DATA), "--workdir", str(tmp_path / "demo"))
-    summary = Path(tmp_path / "demo" / "summary.md").read_text()
+    work = tmp_path / "demo"
+    summary = (work / "summary.md").read_text()
     assert summary in proc.stdout
-    for needle in ("| wiki/enwiki-2015 | 15,000 |", "score_domain_math_v1", "score_quality_edu_v1", "token_budget"):
-        assert needle in summary
-    selected = json.loads((tmp_path / "demo" / "selected" / "manifest.json").read_text())
+
+    def manifest(name):
+        return json.loads((work / name / "manifest.json").read_text())
+
+    # Dedup and decontamination run before selection, and what they removed is what the scorer did not see.
+    dedup, pool = manifest("dedup_pool"), manifest("pool")
+    assert dedup["counts"]["rows_in"] == 16_114 and pool["counts"]["rows_in"] == dedup["counts"]["rows_out"]
+    assert f"| dedup | pool | 16,114 | {dedup['counts']['rows_out']:,} |" in summary
+    assert manifest("scored")["counts"]["rows_in"] == pool["counts"]["rows_out"]
+    selected = manifest("selected")
     assert selected["counts"]["tokens_out"] >= 150_000 and selected["thresholds"]["domain"]["budget_reached"]
-    assert selected["counts"]["rows_in"] == 16_114
+    for needle in ("score_domain_math_v1", "score_quality_edu_v1", "token_budget", "| trait & random |",
+                   "| trait & dsir |", "| random & dsir |"):
+        assert needle in summary
+    # Random and DSIR are drawn to the budget the TRAIT selection reached, overshooting by one document at most.
+    budget = selected["counts"]["tokens_out"]
+    for name in ("random", "dsir"):
+        m = manifest(name)
+        assert m["budget"]["tokens"] == budget and budget <= m["counts"]["tokens_out"] < budget + 50_000
+    assert (work / "report" / "report.html").stat().st_size > 10_000

@@ -29,6 +29,19 @@ def _spark_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a finished output made with other settings")
 
 
+def _spark_job(sub, name: str, help: str, func, config: str, input_help: str = "finished contract dataset",
+               output_help: str = "output dataset directory") -> argparse.ArgumentParser:
+    """A subcommand for a Spark job that reads one finished dataset: --config, --input, --output, --master,
+    --overwrite; the caller adds the job's own flags."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--config", help=f"YAML {config}")
+    p.add_argument("--input", required=True, help=input_help)
+    p.add_argument("--output", required=True, help=output_help)
+    _spark_args(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def _ingest(args) -> dict:
     from spark_jobs.ingest import IngestConfig, run_ingest
     from spark_jobs.session import get_spark
@@ -72,6 +85,53 @@ def _select(args) -> dict:
     return run_select(get_spark("trait-select", args.master), cfg, args.input, args.output, args.overwrite)
 
 
+def _decontaminate(args) -> dict:
+    from spark_jobs.decontaminate import run_decontaminate
+    from spark_jobs.session import get_spark
+    from trait.decontam import DecontamConfig
+
+    cfg = _config(DecontamConfig, args.config, {"shared_data": args.data, "benchmarks": args.benchmarks,
+                                                "eval_files": args.eval_file, "n": args.n})
+    return run_decontaminate(get_spark("trait-decontaminate", args.master), cfg, args.input, args.output,
+                             args.overwrite)
+
+
+def _report(args) -> dict:
+    from spark_jobs.report import ReportConfig, run_report
+    from spark_jobs.session import get_spark
+
+    cfg = _config(ReportConfig, args.config, {"positive_sources": args.positive_sources})
+    return run_report(get_spark("trait-report", args.master), cfg, args.input, args.output, args.validation,
+                      args.overwrite)
+
+
+def _dedup(args) -> dict:
+    from spark_jobs.dedup import run_dedup
+    from spark_jobs.session import get_spark
+    from trait.minhash import DedupConfig
+
+    cfg = _config(DedupConfig, args.config, {"threshold": args.threshold, "bands": args.bands, "rows": args.rows})
+    return run_dedup(get_spark("trait-dedup", args.master), cfg, args.input, args.output, args.overwrite)
+
+
+def _baseline(args) -> dict:
+    from spark_jobs.session import get_spark
+
+    overrides = {"seed": args.seed, "token_budget": args.token_budget, "budget_from": args.budget_from}
+    spark_name = f"trait-baseline-{args.action}"
+    if args.action == "random":
+        from spark_jobs.baselines import RandomConfig, run_random
+
+        cfg = _config(RandomConfig, args.config, overrides)
+        return run_random(get_spark(spark_name, args.master), cfg, args.input, args.output, args.overwrite)
+    from spark_jobs.dsir import DsirConfig, run_dsir
+
+    if not args.target:
+        raise ConfigError("baseline dsir needs --target DIR (the in-domain seed dataset)")
+    cfg = _config(DsirConfig, args.config, overrides)
+    return run_dsir(get_spark(spark_name, args.master), cfg, args.input, args.target, args.output, args.overwrite)
+
+
 def _demo(args) -> dict:
     from spark_jobs.demo import run_demo
 
@@ -109,22 +169,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="directory for <name>_v<version>.bin and card.json")
     p.set_defaults(func=_classifier_train)
 
-    p = sub.add_parser("score", help="Spark job: add a float32 score column per classifier to every row")
-    p.add_argument("--config", help="YAML ScoreConfig")
-    p.add_argument("--input", required=True, help="finished contract dataset")
+    p = _spark_job(sub, "score", "Spark job: add a float32 score column per classifier to every row", _score,
+                   "ScoreConfig")
     p.add_argument("--model", nargs="+", help="classifier directories")
-    p.add_argument("--output", required=True)
-    _spark_args(p)
-    p.set_defaults(func=_score)
 
-    p = sub.add_parser("select", help="Spark job: keep documents by domain/quality thresholds")
-    p.add_argument("--config", help="YAML SelectConfig")
-    p.add_argument("--input", required=True, help="finished scored dataset")
+    p = _spark_job(sub, "select", "Spark job: keep documents by domain/quality thresholds", _select, "SelectConfig",
+                   "finished scored dataset")
     p.add_argument("--domain", help="COLUMN:min=X | COLUMN:percentile=P | COLUMN:token_budget=N")
     p.add_argument("--quality", help="same forms as --domain")
-    p.add_argument("--output", required=True)
-    _spark_args(p)
-    p.set_defaults(func=_select)
+
+    p = _spark_job(sub, "decontaminate", "Spark job: quarantine documents sharing an n-gram with a benchmark test "
+                   "split or eval file", _decontaminate, "DecontamConfig (shared_data, benchmarks, eval_files, n)")
+    p.add_argument("--benchmarks", nargs="+", help="benchmark names (default: all nine math benchmarks)")
+    p.add_argument("--eval-file", nargs="+", help="more eval sets, each NAME=PATH:FIELD[,FIELD...] ('a+b' joins)")
+    p.add_argument("-n", type=int, help="n-gram length in words (default 13)")
+    p.add_argument("--data", help="shared data dir holding benchmarks/ (default $TRAIT_SHARED_DATA, ../shared/data)")
+
+    p = _spark_job(sub, "report", "Spark job: HTML threshold-tuning report (histograms, percentiles, threshold "
+                   "grid, validation P/R/F1, samples)", _report,
+                   "ReportConfig (bins, percentiles, thresholds, columns, samples)", "finished scored dataset",
+                   "directory for report.html and report.json")
+    p.add_argument("--validation", help="finished scored dataset to judge (default: --input when labels are given)")
+    p.add_argument("--positive-sources", nargs="+", help="source prefixes labelling validation positives")
+
+    p = _spark_job(sub, "dedup", "Spark job: drop exact and MinHash-LSH near duplicates, keeping the smallest id "
+                   "per cluster", _dedup, "DedupConfig (shingle_size, bands, rows, threshold, seed, max_bucket_size)")
+    p.add_argument("--threshold", type=float, help="estimated Jaccard for near duplicates (default 0.8)")
+    p.add_argument("--bands", type=int, help="LSH bands (default 16)")
+    p.add_argument("--rows", type=int, help="signature values per band (default 8)")
+
+    p = sub.add_parser("baseline", help="Spark jobs: selection baselines (random, DSIR) to a token budget")
+    bsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, what in (("random", "seeded uniform random sample"),
+                         ("dsir", "DSIR: hashed n-gram importance weights, Gumbel top-k")):
+        p = _spark_job(bsub, action, f"{what} of the pool, to a token budget", _baseline,
+                       "RandomConfig" if action == "random" else "DsirConfig", "finished contract dataset: the pool")
+        if action == "dsir":
+            p.add_argument("--target", help="finished contract dataset: the in-domain seed (target distribution)")
+        budget = p.add_mutually_exclusive_group()
+        budget.add_argument("--token-budget", type=int, help="tokens to keep")
+        budget.add_argument("--budget-from", help="finished selection whose counts.tokens_out is the budget")
+        p.add_argument("--seed", type=int, help="sampling seed (default 0)")
+        p.set_defaults(target=None)
 
     p = sub.add_parser("demo", help="the math selection demo on ../shared/data, end to end")
     p.add_argument("--data", default=os.environ.get("TRAIT_SHARED_DATA", "../shared/data"),
