@@ -1,0 +1,119 @@
+"""Resumable, traceable output of a generation run: deterministic ids, atomic chunks, a contract dataset at the end.
+
+Generation is slow and may be killed at any moment (SIGKILL, pre-emption, a lost node), so work is cut into
+numbered batches of groups whose composition depends only on the config, and each finished batch is committed as
+one Parquet file by an atomic rename (``<output>._chunks/batch-NNNNNNNN.parquet``). A rerun skips every committed
+batch and regenerates the rest, so every passage appears exactly once, however often the run was interrupted.
+``finish`` then writes the contract dataset: accepted passages (and, when validation flags rather than drops,
+flagged ones) as ``part-NNNNN.parquet``; rejected outputs in ``_quarantine`` with their reason and the whole row
+as JSON; ``manifest.json`` with counts by reason; ``_SUCCESS`` last, through staging and a move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trait.contract import MANIFEST_NAME, QUARANTINE_DIR, QUARANTINE_SCHEMA, SUCCESS_MARKER, part_name
+
+# Every generated row: the contract's base columns, the provenance, and the validation verdict.
+ROW_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("url", pa.string()),
+    pa.field("n_tokens", pa.int64(), nullable=False),
+    pa.field("problem_ids", pa.list_(pa.string())),
+    pa.field("tasks", pa.list_(pa.string())),
+    pa.field("template_version", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("sampling", pa.string()),  # the sampling parameters as sorted JSON
+    pa.field("finish_reason", pa.string()),
+    pa.field("reject_reason", pa.string()),  # null: accepted
+    pa.field("raw_output", pa.string()),  # what the generator returned, for rejected rows and audits
+])
+OUTPUT_COLUMNS = [n for n in ROW_SCHEMA.names if n != "raw_output"]
+PART_ROWS = 100_000  # passages per part file (~2 KB each: ~200 MB)
+
+
+def passage_id(problem_ids: list[str], template_version: str, model: str, sampling: dict) -> str:
+    """Stable id of a passage: sha1 over its problems (in order), the template version, the model and sampling."""
+    blob = json.dumps({"problems": list(problem_ids), "template": template_version, "model": model,
+                       "sampling": sampling}, sort_keys=True)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
+
+
+class ChunkStore:
+    """Committed batches of one run under ``<output>._chunks``; ``finish`` turns them into the dataset."""
+
+    def __init__(self, output: str | Path):
+        self.output = Path(output)
+        self.chunks = Path(f"{self.output}._chunks")
+        self.chunks.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, batch: int) -> Path:
+        return self.chunks / f"batch-{batch:08d}.parquet"
+
+    def committed(self) -> set[int]:
+        """Numbers of the batches already committed (a killed run's temporary files are not batches)."""
+        return {int(p.stem.split("-")[1]) for p in self.chunks.glob("batch-*.parquet")}
+
+    def commit(self, batch: int, rows: list[dict]) -> None:
+        """Write ``rows`` (dicts with ROW_SCHEMA's keys) as batch ``batch``, atomically: temp file, then rename."""
+        table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+        tmp = self.chunks / f".tmp-{batch:08d}-{uuid.uuid4().hex}.parquet"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, self._path(batch))
+
+    def finish(self, manifest: dict, keep_flagged: bool) -> dict:
+        """Write the dataset from every committed batch (in batch order); returns the manifest with its counts.
+
+        Accepted rows (and rejected ones when ``keep_flagged``, their reason in ``reject_reason``) go to the
+        data; rejected rows otherwise go to ``_quarantine``. Checks rows in = out + quarantined."""
+        batches = sorted(self.committed())
+        tables = [pq.read_table(self._path(b)) for b in batches]
+        rows = pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table()
+        ids = rows.column("id").to_pylist()
+        if len(set(ids)) != len(ids):
+            raise RuntimeError(f"{self.chunks}: a passage id appears twice; the batches overlap")
+        rejected_mask = [r is not None for r in rows.column("reject_reason").to_pylist()]
+        keep = [True] * len(ids) if keep_flagged else [not r for r in rejected_mask]
+        data = rows.filter(pa.array(keep)).select(OUTPUT_COLUMNS)
+        bad = rows.filter(pa.array([not k for k in keep]))
+        quarantine = pa.table({
+            "source": bad.column("source"),
+            "input_file": pa.array([str(self.chunks)] * bad.num_rows, pa.string()),
+            "reason": bad.column("reject_reason"),
+            "detail": bad.column("id"),
+            "raw": pa.array([json.dumps(r, default=str).encode() for r in bad.to_pylist()], pa.binary()),
+        }, schema=QUARANTINE_SCHEMA)
+        by_reason: dict[str, int] = {}
+        for reason, rejected in zip(rows.column("reject_reason").to_pylist(), rejected_mask):
+            if rejected:
+                by_reason[reason] = by_reason.get(reason, 0) + 1
+        counts = {"rows_in": rows.num_rows, "rows_out": data.num_rows, "rows_quarantined": quarantine.num_rows,
+                  "rows_flagged": sum(rejected_mask) if keep_flagged else 0,
+                  "tokens_out": sum(data.column("n_tokens").to_pylist()), "rejected_by_reason": by_reason,
+                  "batches": len(batches)}
+        if counts["rows_in"] != counts["rows_out"] + counts["rows_quarantined"]:
+            raise RuntimeError(f"rows in {counts['rows_in']} != out {counts['rows_out']} + quarantined "
+                               f"{counts['rows_quarantined']}")
+        staging = Path(f"{self.output}._staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / QUARANTINE_DIR).mkdir(parents=True)
+        for index, start in enumerate(range(0, max(data.num_rows, 1), PART_ROWS)):
+            pq.write_table(data.slice(start, PART_ROWS), staging / part_name(index), compression="zstd")
+        pq.write_table(quarantine, staging / QUARANTINE_DIR / part_name(0), compression="zstd")
+        manifest = {**manifest, "counts": counts}
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        (staging / SUCCESS_MARKER).write_text("")
+        shutil.rmtree(self.output, ignore_errors=True)
+        os.replace(staging, self.output)
+        return manifest
