@@ -1,0 +1,259 @@
+"""The generator endpoint: a configured OpenAI-compatible URL, or a local vLLM server started and stopped here.
+
+``VllmServer`` is a context manager. With ``endpoint`` set it only checks the URL and finds the model name. Without
+it, it starts ``<vllm_python> -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 and a free port in its own
+process group (the vLLM environment is separate: synth/ never imports vLLM or torch), waits for ``GET /health``,
+fails fast with the log tail if the process dies, and stops the whole group (SIGTERM, then SIGKILL after
+``stop_grace_s``) on exit, on error, on Ctrl-C and on SIGTERM of the parent. If the parent is SIGKILLed, a watchdog
+thread inside the server process notices and stops the group the same way, so no engine is left running.
+
+The API key is read from the environment variable named by ``api_key_env``; it is passed to a local server
+through its environment (``VLLM_API_KEY``, never the command line, which vLLM logs) and never written to a log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from synth.tiny_model import TinyModelConfig, build_tiny_model
+from trait import UserError
+from trait.config import field
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Runs the server module with a watchdog thread: when the parent that started it dies (even by SIGKILL, when no
+# cleanup code of the parent runs), it SIGTERMs its own process group (server, engine core, workers), then SIGKILLs
+# it after the grace period. A plain PR_SET_PDEATHSIG is not enough: a server still starting up ignores SIGTERM.
+BOOTSTRAP = """\
+import os, runpy, signal, sys, threading, time
+parent = os.getppid()
+def watch_parent():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.killpg(0, signal.SIGTERM)
+    time.sleep(float(os.environ.get("TRAIT_VLLM_STOP_GRACE_S", "20")))
+    os.killpg(0, signal.SIGKILL)
+threading.Thread(target=watch_parent, daemon=True, name="trait-parent-watchdog").start()
+sys.argv[0] = "vllm-api-server"
+runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)
+"""
+
+
+class ServerError(UserError):
+    """The generator could not be started or reached; the message says why and where the log is."""
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    """Where the generator runs: a configured endpoint, or a local vLLM server this process starts."""
+
+    endpoint: str | None = field(None, help="OpenAI-compatible base URL, e.g. http://node1:8000/v1; empty: start a "
+                                            "local vLLM server on 127.0.0.1")
+    api_key_env: str | None = field(None, help="name of the environment variable holding the API key (never "
+                                               "logged); a local server then requires it too")
+    model: str | None = field(None, help="model directory or name to serve (or the served name at `endpoint`); "
+                                         "empty: the embedded tiny random-weight model")
+    vllm_python: str = field(".venv-vllm/bin/python", help="interpreter of the vLLM environment (relative to the "
+                                                            "repository root; infra/vllm/setup_vllm_cpu.sh makes it)")
+    tensor_parallel_size: int = field(1, help="GPUs per server (vLLM's --tensor-parallel-size); 1 on CPU")
+    dtype: str = field("auto", help="weights dtype passed to vLLM (auto, float32, bfloat16, ...)")
+    max_model_len: int | None = field(None, help="context length in tokens; empty: the model's")
+    extra_args: list[str] = field(default_factory=list, help="further api_server flags, e.g. ['--seed', '0']")
+    compact_json: bool = field(True, help="structured outputs without free whitespace between JSON tokens (vLLM's "
+                                          "disable_any_whitespace); a weak model otherwise spends its budget on it")
+    cpu_kvcache_gib: int = field(2, help="KV cache on CPU servers in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    startup_timeout_s: float = field(600.0, help="seconds to wait for GET /health before giving up")
+    stop_grace_s: float = field(20.0, help="seconds between SIGTERM and SIGKILL when stopping")
+    tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig, help="shape of the embedded model")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the server binds it right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def root_url(endpoint: str) -> str:
+    """``http://h:8000/v1/`` -> ``http://h:8000``: the client adds ``/v1/...`` itself."""
+    url = endpoint.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ServerError(f"endpoint {endpoint!r} is not an http(s) URL; give e.g. http://127.0.0.1:8000/v1")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+class VllmServer:
+    """A running generator: ``base_url`` (no /v1), ``model`` (the served name) and ``api_key`` (None if unset)."""
+
+    def __init__(self, config: ServerConfig | None = None, log_path: str | Path | None = None):
+        self.config = config or ServerConfig()
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="trait-vllm-")) / "server.log"
+        self.base_url: str | None = None
+        self.model: str | None = None
+        self.process: subprocess.Popen | None = None
+        self._old_sigterm = None
+
+    def __repr__(self) -> str:  # no key here: reprs end up in logs and tracebacks
+        return f"VllmServer(base_url={self.base_url!r}, model={self.model!r}, pid={self.pid})"
+
+    @property
+    def api_key(self) -> str | None:
+        name = self.config.api_key_env
+        return os.environ.get(name) or None if name else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def __enter__(self) -> VllmServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.config.api_key_env and not self.api_key:
+            raise ServerError(f"api_key_env is {self.config.api_key_env!r} but that environment variable is empty; "
+                              "export it or drop api_key_env")
+        if self.config.endpoint:
+            self.base_url = root_url(self.config.endpoint)
+            self.model = self.config.model or self._served_models()[0]
+            log.info("generator: endpoint %s, model %s", self.base_url, self.model)
+            return
+        self._start_local()
+
+    def _served_models(self) -> list[str]:
+        try:
+            resp = httpx.get(f"{self.base_url}/v1/models", headers=self.headers(), timeout=30)
+            resp.raise_for_status()
+            return [m["id"] for m in resp.json()["data"]] or ["?"]
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            raise ServerError(f"could not list the models at {self.base_url}/v1/models ({type(exc).__name__}: "
+                              f"{exc}); check the endpoint, or set model: in the config") from exc
+
+    def _command(self, model_dir: str, port: int) -> list[str]:
+        python = Path(self.config.vllm_python)
+        python = python if python.is_absolute() else REPO_ROOT / python
+        if not python.exists():
+            raise ServerError(f"vLLM interpreter {python} not found; run infra/vllm/setup_vllm_cpu.sh (CPU) or point "
+                              "vllm_python at an environment with vllm installed")
+        cmd = [str(python), "-c", BOOTSTRAP, "--model", model_dir, "--served-model-name", self.model,
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", self.config.dtype]
+        if self.config.tensor_parallel_size > 1:
+            cmd += ["--tensor-parallel-size", str(self.config.tensor_parallel_size)]
+        if self.config.compact_json:  # server-wide in vLLM 0.32 (the per-request field is ignored), and only with
+            # an explicit xgrammar or guidance backend, not "auto"
+            cmd += ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+        if self.config.max_model_len:
+            cmd += ["--max-model-len", str(self.config.max_model_len)]
+        return cmd + list(self.config.extra_args)
+
+    def _start_local(self) -> None:
+        model_dir = self.config.model or str(build_tiny_model(self.config.tiny_model))
+        # A stable served name (not the cache path) so passage ids and provenance do not depend on the machine.
+        self.model = Path(model_dir).name if Path(model_dir).is_dir() else model_dir
+        port = free_port()
+        cmd = self._command(model_dir, port)
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.cpu_kvcache_gib))
+        env["TRAIT_VLLM_STOP_GRACE_S"] = str(self.config.stop_grace_s)
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("generator: starting vLLM for %s on 127.0.0.1:%d, log %s", self.model, port, self.log_path)
+        with open(self.log_path, "ab") as log_file:
+            log_file.write(f"# {' '.join(c if c != BOOTSTRAP else '<bootstrap>' for c in cmd)}\n".encode())
+            log_file.flush()
+            self.process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env, start_new_session=True)
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._trap_sigterm()
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self) -> None:
+        start = time.monotonic()
+        while time.monotonic() - start < self.config.startup_timeout_s:
+            if self.process.poll() is not None:
+                raise ServerError(f"vLLM exited with code {self.process.returncode} while starting; log "
+                                  f"{self.log_path}, last lines:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200:
+                    log.info("generator: healthy after %.1f s (pid %d)", time.monotonic() - start, self.pid)
+                    return
+            time.sleep(0.5)
+        raise ServerError(f"vLLM did not answer /health within {self.config.startup_timeout_s:.0f} s; raise "
+                          f"startup_timeout_s or read the log {self.log_path}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def _trap_sigterm(self) -> None:
+        """Turn SIGTERM of this process into SystemExit so ``__exit__`` (and ``finally``) stop the server."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigterm(signum, frame):
+            raise SystemExit(128 + signum)
+
+        self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def stop(self) -> None:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``stop_grace_s``. Idempotent."""
+        proc, self.process = self.process, None
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+        if proc is None:
+            return
+        pgid = proc.pid  # start_new_session: the leader's pid is the group id
+        for sig, wait_s in ((signal.SIGTERM, self.config.stop_grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and _group_alive(pgid, proc):
+                time.sleep(0.2)
+            if not _group_alive(pgid, proc):
+                break
+        log.info("generator: stopped (pid %d, exit code %s)", proc.pid, proc.poll())
+
+
+def _group_alive(pgid: int, leader: subprocess.Popen) -> bool:
+    leader.poll()  # reap the leader, or it stays in the group as a zombie
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+if __name__ == "__main__":  # python -m synth.server: serve the embedded model until Ctrl-C
+    logging.basicConfig(level=logging.INFO)
+    with VllmServer() as server:
+        print(f"serving {server.model} at {server.base_url}/v1 (Ctrl-C stops)", file=sys.stderr)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
