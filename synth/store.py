@@ -37,6 +37,7 @@ ROW_SCHEMA = pa.schema([
     pa.field("sampling", pa.string()),  # the sampling parameters as sorted JSON
     pa.field("finish_reason", pa.string()),
     pa.field("reject_reason", pa.string()),  # null: accepted
+    pa.field("reject_detail", pa.string()),
     pa.field("raw_output", pa.string()),  # what the generator returned, for rejected rows and audits
 ])
 OUTPUT_COLUMNS = [n for n in ROW_SCHEMA.names if n != "raw_output"]
@@ -72,26 +73,33 @@ class ChunkStore:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, self._path(batch))
 
-    def finish(self, manifest: dict, keep_flagged: bool) -> dict:
+    def rows(self) -> pa.Table:
+        """Every committed row, in batch order."""
+        tables = [pq.read_table(self._path(b)) for b in sorted(self.committed())]
+        return pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table()
+
+    def finish(self, manifest: dict, keep_flagged: bool, rows: pa.Table | None = None) -> dict:
         """Write the dataset from every committed batch (in batch order); returns the manifest with its counts.
 
-        Accepted rows (and rejected ones when ``keep_flagged``, their reason in ``reject_reason``) go to the
-        data; rejected rows otherwise go to ``_quarantine``. Checks rows in = out + quarantined."""
-        batches = sorted(self.committed())
-        tables = [pq.read_table(self._path(b)) for b in batches]
-        rows = pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table()
+        Accepted rows (and, when ``keep_flagged``, rejected ones that have text, their reason in
+        ``reject_reason``) go to the data; the other rejected rows go to ``_quarantine``. Checks rows in = out +
+        quarantined. ``rows``: the committed rows as the caller amended them (e.g. run-wide dedup verdicts)."""
+        rows = self.rows() if rows is None else rows
         ids = rows.column("id").to_pylist()
         if len(set(ids)) != len(ids):
             raise RuntimeError(f"{self.chunks}: a passage id appears twice; the batches overlap")
         rejected_mask = [r is not None for r in rows.column("reject_reason").to_pylist()]
-        keep = [True] * len(ids) if keep_flagged else [not r for r in rejected_mask]
+        # Flagging keeps a rejected passage that has text; one that never parsed has none and is quarantined.
+        has_text = [bool(t) for t in rows.column("text").to_pylist()]
+        keep = [not r or (keep_flagged and t) for r, t in zip(rejected_mask, has_text)]
         data = rows.filter(pa.array(keep)).select(OUTPUT_COLUMNS)
         bad = rows.filter(pa.array([not k for k in keep]))
         quarantine = pa.table({
             "source": bad.column("source"),
             "input_file": pa.array([str(self.chunks)] * bad.num_rows, pa.string()),
             "reason": bad.column("reject_reason"),
-            "detail": bad.column("id"),
+            "detail": pa.array([f"{i}: {d}" if d else i for i, d in
+                                zip(bad.column("id").to_pylist(), bad.column("reject_detail").to_pylist())]),
             "raw": pa.array([json.dumps(r, default=str).encode() for r in bad.to_pylist()], pa.binary()),
         }, schema=QUARANTINE_SCHEMA)
         by_reason: dict[str, int] = {}
@@ -99,9 +107,9 @@ class ChunkStore:
             if rejected:
                 by_reason[reason] = by_reason.get(reason, 0) + 1
         counts = {"rows_in": rows.num_rows, "rows_out": data.num_rows, "rows_quarantined": quarantine.num_rows,
-                  "rows_flagged": sum(rejected_mask) if keep_flagged else 0,
+                  "rows_flagged": sum(r and k for r, k in zip(rejected_mask, keep)),
                   "tokens_out": sum(data.column("n_tokens").to_pylist()), "rejected_by_reason": by_reason,
-                  "batches": len(batches)}
+                  "batches": len(self.committed())}
         if counts["rows_in"] != counts["rows_out"] + counts["rows_quarantined"]:
             raise RuntimeError(f"rows in {counts['rows_in']} != out {counts['rows_out']} + quarantined "
                                f"{counts['rows_quarantined']}")

@@ -35,10 +35,13 @@ CHILD = textwrap.dedent('''
         rows = []
         for i in range(3):
             pid = store.passage_id([f"p{b}-{i}", f"q{b}-{i}"], "v1", "tiny", {"temperature": 0.7})
-            rows.append({"id": pid, "source": "synth/passage_v1", "text": f"passage {b}.{i}", "url": None,
+            # Batch 7 is rejected; its first passage never parsed, so it has no text.
+            text = "" if (b, i) == (7, 0) else f"passage {b}.{i}"
+            rows.append({"id": pid, "source": "synth/passage_v1", "text": text, "url": None,
                          "n_tokens": 2, "problem_ids": [f"p{b}-{i}", f"q{b}-{i}"], "tasks": ["gsm8k", "math"],
                          "template_version": "v1", "model": "tiny", "sampling": "{}", "finish_reason": "stop",
-                         "reject_reason": "missing_enlightenment" if b == 7 else None, "raw_output": "{}"})
+                         "reject_reason": "missing_enlightenment" if b == 7 else None, "reject_detail": None,
+                         "raw_output": "{}"})
         s.commit(b, rows)
 ''')
 
@@ -69,13 +72,15 @@ def test_killed_runs_resume_and_every_passage_appears_once(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["counts"]["rows_out"] == 27
 
 
-def test_flagging_keeps_rejected_passages_with_their_reason(tmp_path):
+def test_flagging_keeps_rejected_passages_that_have_text_with_their_reason(tmp_path):
     out = tmp_path / "flagged"
     assert _run(out, kill_at=-1) == 0
     manifest = ChunkStore(out).finish({"job": "synth"}, keep_flagged=True)
     table = finished_dataset(str(out)).to_table()
-    assert table.num_rows == 30 and manifest["counts"]["rows_flagged"] == 3
-    assert table.column("reject_reason").to_pylist().count("missing_enlightenment") == 3
+    validate_table(table)  # the passage without text is not kept: the contract forbids empty text
+    assert table.num_rows == 29 and manifest["counts"]["rows_flagged"] == 2
+    assert manifest["counts"]["rows_quarantined"] == 1
+    assert table.column("reject_reason").to_pylist().count("missing_enlightenment") == 2
 
 
 def test_passage_ids_depend_on_every_input():

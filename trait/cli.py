@@ -132,6 +132,15 @@ def _baseline(args) -> dict:
     return run_dsir(get_spark(spark_name, args.master), cfg, args.input, args.target, args.output, args.overwrite)
 
 
+def _synth_generate(args) -> dict:
+    from synth.generate import SynthConfig, run_generate
+
+    cfg = _config(SynthConfig, args.config, {"tasks": args.tasks, "limit": args.limit})
+    if args.endpoint:
+        cfg.server.endpoint = args.endpoint
+    return run_generate(cfg, args.output, args.chunk, args.num_chunks)
+
+
 def _demo(args) -> dict:
     from spark_jobs.demo import run_demo
 
@@ -211,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
         budget.add_argument("--budget-from", help="finished selection whose counts.tokens_out is the budget")
         p.add_argument("--seed", type=int, help="sampling seed (default 0)")
         p.set_defaults(target=None)
+
+    p = sub.add_parser("synth", help="task-oriented synthetic passages from a vLLM-served generator")
+    ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = ssub.add_parser("generate", help="group seed problems, generate and validate passages (resumable)")
+    p.add_argument("--config", help="YAML SynthConfig (tasks, grouping, sampling, validation, server)")
+    p.add_argument("--tasks", nargs="+", help="task definition names (synth/tasks/*.yaml)")
+    p.add_argument("--endpoint", help="OpenAI-compatible URL of a running generator (default: start a local vLLM)")
+    p.add_argument("--limit", type=int, help="at most this many passages (smoke runs)")
+    p.add_argument("--chunk", type=int, default=0, help="this run's chunk (a Slurm array task id)")
+    p.add_argument("--num-chunks", type=int, default=1, help="chunks the groups are split into")
+    p.add_argument("--output", required=True, help="output dataset (chunked: one dataset per chunk inside)")
+    p.set_defaults(func=_synth_generate)
 
     p = sub.add_parser("demo", help="the math selection demo on ../shared/data, end to end")
     p.add_argument("--data", default=os.environ.get("TRAIT_SHARED_DATA", "../shared/data"),

@@ -1,0 +1,161 @@
+"""``trait synth generate``: task-oriented passages from seed problems, end to end and resumable.
+
+Load the task definitions' problems, group them into passages (problems from different tasks sharing an entity
+or the same knowledge), and cut the groups into numbered batches whose composition depends only on the config
+(so a rerun, or another Slurm array task, sees the same batches). For every batch not yet committed: render the
+prompts, ask the generator (a local vLLM server this process starts, or a configured endpoint) with bounded
+concurrency, validate each output, and commit the batch atomically (``synth.store``). At the end, passages are
+deduplicated across the whole run (the smallest id of a cluster kept) and the contract dataset is written with
+per-reason counts, coverage and the parse-failure rate in its manifest. A ``--chunk i --num-chunks n`` run
+handles the groups with ``index % n == i`` and writes its own dataset ``<output>/chunk-<i>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from synth.client import ChatRequest, run_chat_many
+from synth.grouping import GroupingConfig, ProblemGroup, group_problems
+from synth.passage import PARSE_REASONS
+from synth.prompts import DEFAULT_PASSAGE_TEMPLATE, PromptProblem, render_passage_prompt
+from synth.server import ServerConfig, VllmServer
+from synth.store import ChunkStore, passage_id
+from synth.tasks import load_definitions, load_problems
+from synth.validate import PassageValidator, ValidationConfig
+from trait.config import ConfigError, field, to_dict
+
+log = logging.getLogger(__name__)
+
+SOURCE = "synth/passage"
+
+
+@dataclass
+class SynthConfig:
+    tasks: list[str] = field(help="task definition names (synth/tasks/*.yaml), at least two")
+    shared_data: str | None = field(None, help="shared data dir (default $TRAIT_SHARED_DATA, else ../shared/data)")
+    max_problems_per_task: int | None = field(None, help="use only each task's first N problems (smoke runs)")
+    domain: str = field("mathematics", help="the field named in the prompt's teacher persona")
+    template: str = field(DEFAULT_PASSAGE_TEMPLATE, help="prompt template (synth/prompts/<name>.txt)")
+    output_format: str = field("json", help="json: vLLM structured outputs with the template's schema; text: a "
+                               "checked plain-text layout for endpoints without structured outputs")
+    max_paragraph_chars: int | None = field(1200, help="structured outputs: longest problem or enlightenment "
+                                            "paragraph the schema allows (keeps a weak model from running to "
+                                            "max_tokens); null: unbounded")
+    max_answer_chars: int | None = field(64, help="structured outputs: longest final answer the schema allows")
+    sampling: dict = field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.95, "max_tokens": 768, "seed": 0},
+                           help="OpenAI sampling fields sent with every request (part of each passage id)")
+    grouping: GroupingConfig = field(default_factory=GroupingConfig, help="how problems are combined")
+    validation: ValidationConfig = field(default_factory=ValidationConfig, help="what a passage must satisfy")
+    server: ServerConfig = field(default_factory=ServerConfig, help="the generator: endpoint or local vLLM")
+    concurrency: int = field(8, help="requests in flight at once")
+    timeout_s: float = field(300.0, help="per-request timeout in seconds")
+    max_retries: int = field(4, help="retries of a transient failure (connection, timeout, 429, 5xx)")
+    batch_groups: int = field(16, help="passages per committed batch (the unit a rerun skips or redoes)")
+    limit: int | None = field(None, help="generate at most this many passages (smoke runs)")
+
+    def validate(self) -> None:
+        if len(self.tasks) < 2:
+            raise ConfigError("a passage combines problems from different tasks: give at least two tasks")
+        if self.batch_groups < 1 or self.concurrency < 1:
+            raise ConfigError("batch_groups and concurrency must be >= 1")
+
+
+def plan_groups(config: SynthConfig, embed=None) -> tuple[list[ProblemGroup], dict, dict, dict]:
+    """(groups, problems by id, the tasks' definitions by name, report with loading and coverage counts)."""
+    definitions = {d.name: d for d in load_definitions(config.tasks)}
+    problems, loading = [], {}
+    for name, definition in definitions.items():
+        loaded, report = load_problems(definition, config.shared_data)
+        loaded = loaded[:config.max_problems_per_task] if config.max_problems_per_task else loaded
+        problems += loaded
+        loading[name] = {"version": definition.version, "problems": len(loaded),
+                         "malformed": dict(report.malformed)}
+    groups, coverage = group_problems(problems, {n: d.kind for n, d in definitions.items()}, config.grouping, embed)
+    if config.limit is not None:
+        groups = groups[:config.limit]
+    return groups, {p.id: p for p in problems}, definitions, {"tasks": loading, "coverage": coverage}
+
+
+def _rows(batch: list[ProblemGroup], by_id: dict, definitions: dict, config: SynthConfig, model: str,
+          client_kwargs: dict, validator: PassageValidator) -> list[dict]:
+    """Generate, validate and describe one batch of groups: one row per group (accepted or with its reason)."""
+    prompts, members = [], []
+    for group in batch:
+        problems = [by_id[i] for i in group.problem_ids]
+        members.append(problems)
+        prompts.append(render_passage_prompt(
+            [PromptProblem(p.task, p.text, definitions[p.task].instruction) for p in problems], group.kind,
+            domain=config.domain, entity=group.entity, output_format=config.output_format, template=config.template,
+            max_paragraph_chars=config.max_paragraph_chars, max_answer_chars=config.max_answer_chars))
+    completions = run_chat_many(client_kwargs, [ChatRequest(p.messages, dict(config.sampling), p.schema)
+                                                for p in prompts])
+    ids = [passage_id(list(g.problem_ids), p.template_version, model, config.sampling)
+           for g, p in zip(batch, prompts)]
+    # Near-duplicates are removed over the whole run at the end, not per batch.
+    verdicts = [validator.check(c.text, m, config.output_format, c.finish_reason)
+                for c, m in zip(completions, members)]
+    if config.validation.decontaminate:
+        validator.decontaminate(verdicts)
+    sampling = json.dumps(config.sampling, sort_keys=True)
+    return [{"id": pid, "source": f"{SOURCE}_{p.template_version}", "text": v.text or "", "url": None,
+             "n_tokens": len((v.text or "").split()), "problem_ids": list(g.problem_ids), "tasks": list(g.tasks),
+             "template_version": p.template_version, "model": model, "sampling": sampling,
+             "finish_reason": c.finish_reason,
+             "reject_reason": v.reason, "reject_detail": v.detail, "raw_output": c.text}
+            for pid, g, p, c, v in zip(ids, batch, prompts, completions, verdicts)]
+
+
+def _dedup_run(store: ChunkStore, validator: PassageValidator) -> pa.Table:
+    """Every committed row, with near-duplicates among the accepted rejected (smallest id kept) across batches."""
+    rows = store.rows()
+    accepted = [i for i, r in enumerate(rows.column("reject_reason").to_pylist()) if r is None]
+    if not validator.config.deduplicate or len(accepted) < 2:
+        return rows
+    from trait.minhash import find_duplicates
+
+    ids, texts = rows.column("id").to_pylist(), rows.column("text").to_pylist()
+    dropped = find_duplicates([ids[i] for i in accepted], [texts[i] for i in accepted], validator.config.dedup)
+    reasons, details = rows.column("reject_reason").to_pylist(), rows.column("reject_detail").to_pylist()
+    for i in accepted:
+        if ids[i] in dropped:
+            reasons[i], kept = dropped[ids[i]]
+            details[i] = f"duplicates {kept}"
+    rows = rows.set_column(rows.schema.get_field_index("reject_reason"), "reject_reason", pa.array(reasons))
+    return rows.set_column(rows.schema.get_field_index("reject_detail"), "reject_detail", pa.array(details))
+
+
+def run_generate(config: SynthConfig, output: str, chunk: int = 0, num_chunks: int = 1, embed=None) -> dict:
+    """Generate the passages of chunk ``chunk`` of ``num_chunks`` into ``output`` (``output/chunk-<i>`` when
+    chunked); returns the manifest. A rerun skips committed batches; a finished output is returned as it is."""
+    if not 0 <= chunk < num_chunks:
+        raise ConfigError(f"chunk must be in [0, {num_chunks}), got {chunk}")
+    started = time.time()
+    target = f"{output.rstrip('/')}/chunk-{chunk:05d}" if num_chunks > 1 else output
+    groups, by_id, definitions, report = plan_groups(config, embed)
+    groups = groups[chunk::num_chunks]
+    batches = [groups[i:i + config.batch_groups] for i in range(0, len(groups), config.batch_groups)]
+    store = ChunkStore(target)
+    todo = [b for b in range(len(batches)) if b not in store.committed()]
+    log.info("synth: %d passages in %d batches, %d to generate", len(groups), len(batches), len(todo))
+    validator = PassageValidator(config.validation)
+    with VllmServer(config.server) as server:
+        client_kwargs = {"base_url": server.base_url, "model": server.model, "api_key": server.api_key,
+                         "max_concurrency": config.concurrency, "timeout_s": config.timeout_s,
+                         "max_retries": config.max_retries}
+        for n, b in enumerate(todo, start=1):
+            t0 = time.time()
+            store.commit(b, _rows(batches[b], by_id, definitions, config, server.model, client_kwargs, validator))
+            log.info("synth: batch %d committed (%d of %d this run) in %.1f s", b, n, len(todo), time.time() - t0)
+        model = server.model
+    rows = _dedup_run(store, validator)
+    reasons = [r for r in rows.column("reject_reason").to_pylist() if r is not None]
+    manifest = {"job": "synth_generate", "config": to_dict(config), "model": model, "chunk": chunk,
+                "num_chunks": num_chunks, **report, "wall_time_s": round(time.time() - started, 3),
+                "parse_failure_rate": (sum(r in PARSE_REASONS for r in reasons) / rows.num_rows
+                                       if rows.num_rows else 0.0)}
+    return store.finish(manifest, keep_flagged=config.validation.on_failure == "flag", rows=rows)
