@@ -12,6 +12,7 @@ handles the groups with ``index % n == i`` and writes its own dataset ``<output>
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -129,6 +130,18 @@ def _dedup_run(store: ChunkStore, validator: PassageValidator) -> pa.Table:
     return rows.set_column(rows.schema.get_field_index("reject_detail"), "reject_detail", pa.array(details))
 
 
+# Knobs that change how fast a run goes, not what it writes: they may differ between a run and its resumption.
+_EXECUTION_ONLY = ("concurrency", "timeout_s", "max_retries")
+
+
+def run_fingerprint(config: SynthConfig) -> str:
+    """sha1 of everything in the config that fixes the batches and their content."""
+    settings = {k: v for k, v in to_dict(config).items() if k not in _EXECUTION_ONLY}
+    settings["server"] = {k: v for k, v in settings["server"].items()
+                          if k in ("model", "endpoint", "dtype", "max_model_len", "tiny_model", "compact_json")}
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_generate(config: SynthConfig, output: str, chunk: int = 0, num_chunks: int = 1, embed=None) -> dict:
     """Generate the passages of chunk ``chunk`` of ``num_chunks`` into ``output`` (``output/chunk-<i>`` when
     chunked); returns the manifest. A rerun skips committed batches; a finished output is returned as it is."""
@@ -139,22 +152,25 @@ def run_generate(config: SynthConfig, output: str, chunk: int = 0, num_chunks: i
     groups, by_id, definitions, report = plan_groups(config, embed)
     groups = groups[chunk::num_chunks]
     batches = [groups[i:i + config.batch_groups] for i in range(0, len(groups), config.batch_groups)]
-    store = ChunkStore(target)
+    store = ChunkStore(target, run_fingerprint(config))
     todo = [b for b in range(len(batches)) if b not in store.committed()]
     log.info("synth: %d passages in %d batches, %d to generate", len(groups), len(batches), len(todo))
     validator = PassageValidator(config.validation)
-    with VllmServer(config.server) as server:
-        client_kwargs = {"base_url": server.base_url, "model": server.model, "api_key": server.api_key,
-                         "max_concurrency": config.concurrency, "timeout_s": config.timeout_s,
-                         "max_retries": config.max_retries}
-        for n, b in enumerate(todo, start=1):
-            t0 = time.time()
-            store.commit(b, _rows(batches[b], by_id, definitions, config, server.model, client_kwargs, validator))
-            log.info("synth: batch %d committed (%d of %d this run) in %.1f s", b, n, len(todo), time.time() - t0)
-        model = server.model
+    if todo:  # a rerun after every batch committed needs no generator
+        with VllmServer(config.server) as server:
+            client_kwargs = {"base_url": server.base_url, "model": server.model, "api_key": server.api_key,
+                             "max_concurrency": config.concurrency, "timeout_s": config.timeout_s,
+                             "max_retries": config.max_retries}
+            for n, b in enumerate(todo, start=1):
+                t0 = time.time()
+                store.commit(b, _rows(batches[b], by_id, definitions, config, server.model, client_kwargs,
+                                      validator))
+                log.info("synth: batch %d committed (%d of %d this run) in %.1f s", b, n, len(todo),
+                         time.time() - t0)
     rows = _dedup_run(store, validator)
+    model = sorted(set(rows.column("model").to_pylist()) - {None})
     reasons = [r for r in rows.column("reject_reason").to_pylist() if r is not None]
-    manifest = {"job": "synth_generate", "config": to_dict(config), "model": model, "chunk": chunk,
+    manifest = {"job": "synth_generate", "config": to_dict(config), "models": model, "chunk": chunk,
                 "num_chunks": num_chunks, **report, "wall_time_s": round(time.time() - started, 3),
                 "parse_failure_rate": (sum(r in PARSE_REASONS for r in reasons) / rows.num_rows
                                        if rows.num_rows else 0.0)}

@@ -54,10 +54,22 @@ def passage_id(problem_ids: list[str], template_version: str, model: str, sampli
 class ChunkStore:
     """Committed batches of one run under ``<output>._chunks``; ``finish`` turns them into the dataset."""
 
-    def __init__(self, output: str | Path):
+    def __init__(self, output: str | Path, fingerprint: str):
+        """``fingerprint``: what fixes the batches' composition and content (the config, minus knobs that only
+        change how fast it runs). Batches committed under another fingerprint are refused, never mixed in."""
         self.output = Path(output)
         self.chunks = Path(f"{self.output}._chunks")
         self.chunks.mkdir(parents=True, exist_ok=True)
+        marker = self.chunks / "run.json"
+        if marker.exists():
+            found = json.loads(marker.read_text())["fingerprint"]
+            if found != fingerprint:
+                raise ValueError(f"{self.chunks} holds batches of a run with another config (fingerprint {found}, "
+                                 f"this run {fingerprint}): write to another output, or delete it to start over")
+        else:
+            tmp = self.chunks / f".run-{uuid.uuid4().hex}.json"
+            tmp.write_text(json.dumps({"fingerprint": fingerprint}))
+            os.replace(tmp, marker)
 
     def _path(self, batch: int) -> Path:
         return self.chunks / f"batch-{batch:08d}.parquet"

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pyarrow.parquet as pq
+import pytest
 
 from synth.store import ChunkStore, passage_id
 from trait.contract import finished_dataset, validate_table
@@ -22,7 +23,7 @@ CHILD = textwrap.dedent('''
     import pyarrow.parquet as pq
     from synth import store
     out, kill_at = sys.argv[1], int(sys.argv[2])
-    s = store.ChunkStore(out)
+    s = store.ChunkStore(out, "run-a")
     real_replace = os.replace
     def dying_replace(src, dst):
         if str(dst).endswith(f"batch-{kill_at:08d}.parquet"):
@@ -53,11 +54,11 @@ def _run(out, kill_at: int) -> int:
 def test_killed_runs_resume_and_every_passage_appears_once(tmp_path):
     out = tmp_path / "passages"
     assert _run(out, kill_at=4) == -signal.SIGKILL
-    assert ChunkStore(out).committed() == {0, 1, 2, 3}  # batch 4's temporary file is not a batch
+    assert ChunkStore(out, "run-a").committed() == {0, 1, 2, 3}  # batch 4's temporary file is not a batch
     assert _run(out, kill_at=8) == -signal.SIGKILL
-    assert ChunkStore(out).committed() == set(range(8))
+    assert ChunkStore(out, "run-a").committed() == set(range(8))
     assert _run(out, kill_at=-1) == 0
-    manifest = ChunkStore(out).finish({"job": "synth"}, keep_flagged=False)
+    manifest = ChunkStore(out, "run-a").finish({"job": "synth"}, keep_flagged=False)
     table = finished_dataset(str(out)).to_table()
     validate_table(table)
     expected = {passage_id([f"p{b}-{i}", f"q{b}-{i}"], "v1", "tiny", {"temperature": 0.7})
@@ -75,12 +76,20 @@ def test_killed_runs_resume_and_every_passage_appears_once(tmp_path):
 def test_flagging_keeps_rejected_passages_that_have_text_with_their_reason(tmp_path):
     out = tmp_path / "flagged"
     assert _run(out, kill_at=-1) == 0
-    manifest = ChunkStore(out).finish({"job": "synth"}, keep_flagged=True)
+    manifest = ChunkStore(out, "run-a").finish({"job": "synth"}, keep_flagged=True)
     table = finished_dataset(str(out)).to_table()
     validate_table(table)  # the passage without text is not kept: the contract forbids empty text
     assert table.num_rows == 29 and manifest["counts"]["rows_flagged"] == 2
     assert manifest["counts"]["rows_quarantined"] == 1
     assert table.column("reject_reason").to_pylist().count("missing_enlightenment") == 2
+
+
+def test_batches_of_another_config_are_refused_not_mixed_in(tmp_path):
+    out = tmp_path / "passages"
+    assert _run(out, kill_at=3) == -signal.SIGKILL
+    with pytest.raises(ValueError, match="another config"):
+        ChunkStore(out, "run-b")
+    assert ChunkStore(out, "run-a").committed() == {0, 1, 2}
 
 
 def test_passage_ids_depend_on_every_input():
