@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Spark session, the shared data directory, and small real datasets cut from it."""
+"""Shared fixtures: one local Spark session, the shared data directory, small real datasets cut from it, and the
+trainer's tiny model and contract datasets."""
 
 from __future__ import annotations
 
@@ -96,3 +97,34 @@ def scored(spark, small_corpus, classifiers, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("scored") / "scored")
     run_score(spark, from_dict(ScoreConfig, {"models": classifiers}), small_corpus["pool"], out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random Llama (synth.tiny_model, ~344k parameters) in a Hugging Face directory."""
+    from synth.tiny_model import TinyModelConfig, build_tiny_model
+
+    return build_tiny_model(TinyModelConfig(), cache_dir=tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def datasets(tmp_path_factory) -> dict[str, str]:
+    """The TRAIT sources as finished contract datasets: in-domain seed (PlanetMath), selected (OpenStax), general
+    replay (Wikipedia), and synthetic task-oriented passages (GSM8K train problems with their worked solutions stand
+    in for them)."""
+    from .training import write_contract
+
+    root = tmp_path_factory.mktemp("data")
+    corpora = SHARED_DATA / "corpora"
+    gsm8k = read_jsonl(SHARED_DATA / "benchmarks/gsm8k/train.jsonl", 400)
+    return {
+        "in_domain": write_contract(root / "in_domain", "math/planetmath", [
+            r["text"] for r in read_jsonl(corpora / "math/planetmath/planetmath_entries.jsonl.gz", 200)]),
+        "selected": write_contract(root / "selected", "math/openstax", [
+            r["text"] for r in read_jsonl(corpora / "math/openstax/college_algebra_trig_precalculus_2e.jsonl.gz",
+                                          100)]),
+        "replay_general": write_contract(root / "replay_general", "wiki/enwiki-2015", [
+            r["text"] for r in read_jsonl(corpora / "general/enwiki_2015_part1.jsonl.gz", 100)]),
+        "synthetic": write_contract(root / "synthetic", "synth/passage_v1",
+                                    [f"{r['question']}\n{r['answer']}" for r in gsm8k]),
+    }

@@ -19,10 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from trainer import checkpoint
 from trainer.config import StageConfig, TrainConfig, check_inputs
@@ -30,87 +27,17 @@ from trainer.engine import accumulation_steps, deepspeed_config, lr_factor
 from trainer.metrics import matmul_params, model_flops_per_token
 from trainer.model import file_table
 from trait.config import ConfigError, from_dict
-from trait.contract import BASE_SCHEMA, MANIFEST_NAME, SUCCESS_MARKER, doc_id, part_name, validate_table
 
-from .conftest import REPO, SHARED_DATA, read_jsonl
+from .conftest import REPO
+from .training import ENV, EXAMPLE, events, tiny_config, write_config
 
-EXAMPLE = REPO / "infra" / "configs" / "train_tiny.yaml"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 train = pytest.mark.train
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
-
-
-def write_contract(path: Path, source: str, texts: list[str]) -> str:
-    """A finished contract dataset (one part, manifest, _SUCCESS) of ``texts``; n_tokens counted in words."""
-    path.mkdir(parents=True)
-    texts = [t for t in texts if t.strip()]
-    table = pa.table({"id": [doc_id(source, t) for t in texts], "source": [source] * len(texts), "text": texts,
-                      "url": pa.nulls(len(texts), pa.string()), "n_tokens": [len(t.split()) for t in texts]},
-                     schema=BASE_SCHEMA)
-    validate_table(table)
-    pq.write_table(table, path / part_name(0))
-    (path / MANIFEST_NAME).write_text(json.dumps({"rows": len(texts), "tokenizer": "words"}))
-    (path / SUCCESS_MARKER).write_text("")
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from synth.tiny_model import TinyModelConfig, build_tiny_model
-
-    return build_tiny_model(TinyModelConfig(), cache_dir=tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="session")
-def datasets(tmp_path_factory) -> dict[str, str]:
-    """The TRAIT sources: in-domain seed (PlanetMath), selected (OpenStax), general replay (Wikipedia), and
-    synthetic task-oriented passages (GSM8K train problems with their worked solutions stand in for them)."""
-    root = tmp_path_factory.mktemp("data")
-    corpora = SHARED_DATA / "corpora"
-    gsm8k = read_jsonl(SHARED_DATA / "benchmarks/gsm8k/train.jsonl", 400)
-    return {
-        "in_domain": write_contract(root / "in_domain", "math/planetmath", [
-            r["text"] for r in read_jsonl(corpora / "math/planetmath/planetmath_entries.jsonl.gz", 200)]),
-        "selected": write_contract(root / "selected", "math/openstax", [
-            r["text"] for r in read_jsonl(corpora / "math/openstax/college_algebra_trig_precalculus_2e.jsonl.gz",
-                                          100)]),
-        "replay_general": write_contract(root / "replay_general", "wiki/enwiki-2015", [
-            r["text"] for r in read_jsonl(corpora / "general/enwiki_2015_part1.jsonl.gz", 100)]),
-        "synthetic": write_contract(root / "synthetic", "synth/passage_v1",
-                                    [f"{r['question']}\n{r['answer']}" for r in gsm8k]),
-    }
-
-
-def tiny_config(root: Path, model: Path, data: dict, **top) -> dict:
-    """The example config (infra/configs/train_tiny.yaml) pointed at the test's model and datasets and shrunk:
-    seq_len 64, 8 sequences a step, stage 1 24 steps, stage 2 16 steps, every step logged."""
-    cfg = yaml.safe_load(EXAMPLE.read_text())
-    cfg.update(model=str(model), output_dir=str(root / "out"), log_every=1)
-    steps = {"knowledge": 24, "task_alignment": 16}
-    for stage in cfg["stages"]:
-        stage["data"]["seq_len"] = 64
-        stage["data"]["cache_dir"] = str(root / "token_cache")
-        for source in stage["data"]["sources"]:
-            source["path"] = data[source["name"]]
-        stage.update(micro_batch_size=4, global_batch_size=8, token_budget=steps[stage["name"]] * 8 * 64,
-                     lr=3e-3, min_lr=3e-4, warmup_steps=2, checkpoint_every=4, keep_checkpoints=2)
-    cfg.update(top)
-    return cfg
-
-
-def write_config(root: Path, cfg: dict) -> str:
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "train.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return str(path)
-
-
-# One intra-op thread per training process: these models are tiny (64 x 64 matmuls), so a second thread buys nothing
-# and, on a busy 2-core machine, spin-waiting OpenMP threads made steps ~15x slower (measured: 32 ms against
-# 459 ms a step). torchrun sets the same for its workers.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# tiny_model and datasets (session fixtures) are in tests/conftest.py; configs and contract datasets in
+# tests/training.py.
 
 
 def trait_train(config: str, *args, env: dict | None = None, check: bool = True, timeout: float = 600):
@@ -119,11 +46,6 @@ def trait_train(config: str, *args, env: dict | None = None, check: bool = True,
     if check and proc.returncode:
         raise AssertionError(f"trait train failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
-
-
-def events(out: Path, stage: str, kind: str = "train") -> list[dict]:
-    lines = (out / stage / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["event"] == kind]
 
 
 @pytest.fixture(scope="session")

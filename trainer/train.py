@@ -1,10 +1,11 @@
 """``trait train`` / ``python -m trainer.train``: the stages of a TrainConfig, in order, with DeepSpeed ZeRO-1.
 
 One process: ``python -m trainer.train --config X.yaml``. N local processes: ``trait train --nproc N`` (torchrun
-with this module as the entry point). Slurm: one ``torchrun --nnodes ... --rdzv-backend c10d -m trainer.train``
-per node started by srun. Each stage: load the initial weights (base model, or the previous stage's export),
-tokenise and pack the stage's mixture (``trainer.data.prepare``), resume from the newest complete checkpoint if
-any, train ``ceil(token_budget / (global_batch_size x seq_len))`` optimizer steps, export ``<stage>/final``.
+with this module as the entry point). Slurm: ``sbatch infra/slurm/train.sbatch X.yaml``, one ``torchrun --nnodes
+... --rdzv-backend c10d -m trainer.train`` per node started by srun; it requeues itself after a pre-emption stop.
+Each stage: load the initial weights (base model, or the previous stage's export), tokenise and pack the stage's
+mixture (``trainer.data.prepare``), resume from the newest complete checkpoint if any, train
+``ceil(token_budget / (global_batch_size x seq_len))`` optimizer steps, export ``<stage>/final``.
 
 SIGTERM or SIGUSR1 (pre-emption; Slurm's ``--signal``) make every rank checkpoint at the next step boundary and
 exit with code 75 (EX_TEMPFAIL); rerunning the same command resumes there.
