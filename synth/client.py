@@ -170,11 +170,12 @@ def _completion(data: dict, attempts: int, text_of) -> Completion:
         raise GenerationError(f"generator answered 200 without choices[0] ({exc!r}): {str(data)[:300]}") from exc
 
 
-def run_chat_many(client_kwargs: dict, requests: list[ChatRequest]) -> list[Completion]:
-    """Synchronous helper: open a client with ``client_kwargs``, send ``requests``, return completions in order."""
+def run_chat_many(client_kwargs: dict, requests: list[ChatRequest], return_exceptions: bool = False) -> list:
+    """Synchronous helper: open a client with ``client_kwargs``, send ``requests``, return completions in order
+    (with ``return_exceptions``, a failed request's GenerationError in its place)."""
 
-    async def go() -> list[Completion]:
+    async def go() -> list:
         async with GeneratorClient(**client_kwargs) as client:
-            return await client.chat_many(requests)
+            return await client.chat_many(requests, return_exceptions=return_exceptions)
 
     return asyncio.run(go())

