@@ -1,5 +1,5 @@
 # The README's commands. Every target first runs infra/setup.sh, which installs only what is missing.
-.PHONY: setup demo test bench bench-score bench-dsir lint
+.PHONY: setup demo test bench bench-score bench-dsir bench-synth bench-train lint
 
 setup:
 	bash infra/setup.sh
@@ -10,13 +10,19 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest
 
-bench: bench-score bench-dsir
+bench: bench-score bench-dsir bench-synth bench-train
 
 bench-score: setup
 	.venv/bin/python -m benchmarks.score_throughput
 
 bench-dsir: setup
 	.venv/bin/python -m benchmarks.dsir_throughput
+
+bench-synth: setup
+	.venv/bin/python -m benchmarks.synth_throughput
+
+bench-train: setup
+	.venv/bin/python -m benchmarks.train_throughput
 
 lint: setup
 	.venv/bin/ruff check .

@@ -131,9 +131,14 @@ def build_optimizer(model, stage: StageConfig, device):
     """torch AdamW over two groups: matrices decay, vectors (norm weights, biases) do not.
 
     Why not DeepSpeed's FusedAdam: it is a CUDA kernel that DeepSpeed JIT-compiles with nvcc, so it cannot run on
-    CPU (and its CPUAdam is meant for ZeRO-Offload). torch's own AdamW takes ``fused=True`` on CUDA, the same
-    single-kernel update without a compile step, and the plain implementation on CPU. ZeRO-1 lists
-    torch.optim.AdamW as supported: it runs the optimizer on each rank's flat fp32 partition.
+    CPU (and its CPUAdam is meant for ZeRO-Offload). torch's own AdamW takes ``fused=True`` on CUDA and on CPU
+    (torch >= 2.4), a single-kernel update without a compile step. ZeRO-1 lists torch.optim.AdamW as supported: it
+    runs the optimizer on each rank's flat fp32 partition.
+
+    Fused on CPU too: torch's CPU default is the single-tensor loop (foreach is CUDA-only), about ten passes over
+    memory per step. Over the flat partition of 5.2M fp32 parameters on one thread a step took 65 ms single-tensor,
+    24 ms foreach and 8 ms fused: ~3% of a 1.8 s step of benchmarks/train_throughput.py's model. Hugging Face
+    Trainer's default optim (``adamw_torch_fused`` since torch 2.8) is the same kernel.
     """
     import torch
 
@@ -142,7 +147,7 @@ def build_optimizer(model, stage: StageConfig, device):
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = {"fused": True} if getattr(device, "type", "cpu") == "cuda" else {}
+    fused = {"fused": True} if getattr(device, "type", "cpu") in ("cuda", "cpu") else {}
     return torch.optim.AdamW(groups, lr=stage.lr, betas=tuple(stage.betas), eps=stage.eps, **fused)
 
 
