@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_throughput [--rounds 4] [--steps 30] [--threads 1]   (make bench-train)
     python -m benchmarks.train_throughput --quick       (3 timed steps, 1 round: a smoke test of this script)
+    python -m benchmarks.train_throughput --procs 2     (both under torchrun: ZeRO-1 across 2 processes)
 
 Both sides train the same model from the same weights on the same sequences in the same order, with the same
 batch arithmetic, optimizer, schedule and precision, each in a fresh process:
@@ -16,7 +17,8 @@ batch arithmetic, optimizer, schedule and precision, each in a fresh process:
   run_clm recipe's tokenise + group_texts). The Hugging Face side is fed the very sequences our MixtureStream
   yields, in the same order (drawn up front into a tensor, ``train_sampling_strategy="sequential"``), so the data
   are identical, not merely alike;
-- batch: micro-batch 4, gradient accumulation 4, one process: 16 sequences = 4,096 tokens per optimizer step;
+- batch: micro-batch 4, gradient accumulation 4, one process: 16 sequences = 4,096 tokens per optimizer step
+  (``--procs N``: both trainers under torchrun, N x 4,096 tokens a step, the same sequences per step);
 - optimizer: torch AdamW, fused kernel (HF's default optim ``adamw_torch_fused``; ours since this benchmark, see
   ``trainer.engine.build_optimizer``), lr 3e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only (ours
   groups by ndim, Hugging Face excludes biases and norms by name: the same split for Llama), gradient clipping at
@@ -78,7 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4, help="head_dim = hidden / heads")
     p.add_argument("--intermediate", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both training processes")
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every training process")
+    # Not --nproc: argparse in torchrun, which starts the workers with these flags, reads it as --nproc-per-node.
+    p.add_argument("--procs", type=int, default=1, help="processes per trainer: >1 starts both under torchrun "
+                   "(ZeRO-1 across them over gloo; global batch = micro x accumulation x procs)")
     p.add_argument("--quick", action="store_true", help="3 timed steps after 1, 1 round (smoke test)")
     p.add_argument("--work", default=str(REPO / ".bench" / "train"), help="model, data, configs, outputs, logs")
     p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)  # one measured run (internal)
@@ -130,7 +135,7 @@ def set_up(args, work: Path) -> tuple[Path, dict]:
             texts = [json.loads(line)["text"] for line in itertools.islice(fh, n)]
         sources.append({"name": name, "path": write_contract(work / "data" / name, name, texts), "weight": weight})
     total = args.warmup + args.steps
-    global_batch = args.micro_batch * args.grad_accum  # one process: world size 1
+    global_batch = args.micro_batch * args.grad_accum * args.procs
     cfg = {"model": str(model), "output_dir": str(work / "out"), "seed": 0, "precision": "fp32",
            "log_every": args.log_every, "attn_implementation": "sdpa", "export": False,
            "stages": [{"name": "benchmark",
@@ -185,10 +190,11 @@ def worker_hf(args, config_path: Path) -> dict:
     """transformers.Trainer with DeepSpeed ZeRO-1 (the run_clm recipe) on our packed sequences."""
     import socket
 
-    with socket.socket() as s:  # what torchrun would set for a world of one
-        s.bind(("127.0.0.1", 0))
-        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": str(s.getsockname()[1])})
+    if "RANK" not in os.environ:  # one process: what torchrun would set for a world of one
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                               "MASTER_PORT": str(s.getsockname()[1])})
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
@@ -199,7 +205,10 @@ def worker_hf(args, config_path: Path) -> dict:
     config = load(TrainConfig, config_path)
     stage = config.stages[0]
     total = stage.steps
-    # The exact sequences our trainer's stream yields, in its order (rank 0 of 1, the data seed).
+    world = int(os.environ["WORLD_SIZE"])
+    # The exact sequences our trainer's global stream yields, in its order (rank 0 of 1, the data seed). Under
+    # N processes accelerate deals consecutive micro-batches to the ranks, ours deals consecutive samples: each
+    # optimizer step still trains on the same global_batch_size sequences.
     stream = prepare(stage.data, config.model).stream(None, 0, 1)
     ids = torch.from_numpy(stream.next_batch(total * stage.global_batch_size))
 
@@ -227,7 +236,7 @@ def worker_hf(args, config_path: Path) -> dict:
     targs = TrainingArguments(
         output_dir=str(Path(config.output_dir).parent / "hf_out"), use_cpu=True, deepspeed=ds, max_steps=total,
         per_device_train_batch_size=stage.micro_batch_size,
-        gradient_accumulation_steps=stage.global_batch_size // stage.micro_batch_size,
+        gradient_accumulation_steps=stage.global_batch_size // (stage.micro_batch_size * world),
         learning_rate=stage.lr, lr_scheduler_type="cosine_with_min_lr",
         # min_lr_rate, not min_lr: HF's min_lr divides by optimizer.defaults["lr"], which DeepSpeed's ZeRO
         # optimizer wrapper does not have (AttributeError in transformers 5.23 + deepspeed 0.19.8).
@@ -271,31 +280,35 @@ def run_worker(args) -> None:
     started = time.perf_counter()
     fn = worker_ours if args.worker == "ours" else worker_hf
     r = fn(args, work / "train.yaml")
-    tokens = args.steps * args.micro_batch * args.grad_accum * args.seq_len
-    r.update(kind=args.worker, tokens=tokens, tokens_per_s=tokens / r["seconds"],
-             tokens_per_cpu_s=tokens / r["cpu_seconds"], threads=torch.get_num_threads(),
-             process_s=time.perf_counter() - started,
+    tokens = args.steps * args.micro_batch * args.grad_accum * args.procs * args.seq_len  # all ranks
+    r.update(kind=args.worker, tokens=tokens, threads=torch.get_num_threads(), process_s=time.perf_counter() - started,
              peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    (work / f"result-{args.worker}.json").write_text(json.dumps(r, indent=1))
+    (work / f"result-{args.worker}-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(r, indent=1))
 
 
 def measure(args, kind: str, work: Path, round_no: int) -> dict:
-    """One run of ``kind`` in a fresh process; its result."""
-    result = work / f"result-{kind}.json"
-    result.unlink(missing_ok=True)
+    """One run of ``kind`` in fresh processes; its result: rank 0's wall clock, CPU time and memory of all ranks."""
+    results = [work / f"result-{kind}-{rank}.json" for rank in range(args.procs)]
+    for path in results:
+        path.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--worker", kind, "--work", str(work),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--log-every", str(args.log_every),
-           "--micro-batch", str(args.micro_batch), "--grad-accum", str(args.grad_accum), "--seq-len", str(args.seq_len)]
+    launch = [sys.executable] if args.procs == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.procs}"]
+    cmd = [*launch, "-m", "benchmarks.train_throughput", "--worker", kind, "--work", str(work)]
+    for flag in ("procs", "steps", "warmup", "log_every", "micro_batch", "grad_accum", "seq_len"):
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     log = work / f"{kind}-{round_no}.log"
     started = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    if proc.returncode or not result.exists():
+    if proc.returncode or not all(path.exists() for path in results):
         raise RuntimeError(f"{kind} run failed ({proc.returncode}); see {log}")
-    r = json.loads(result.read_text())
-    r.update(round=round_no, wall_s=time.perf_counter() - started)
+    ranks = [json.loads(path.read_text()) for path in results]
+    r = ranks[0]
+    r.update(round=round_no, wall_s=time.perf_counter() - started, tokens_per_s=r["tokens"] / r["seconds"],
+             cpu_seconds=sum(x["cpu_seconds"] for x in ranks), peak_rss_mib=sum(x["peak_rss_mib"] for x in ranks))
+    r["tokens_per_cpu_s"] = r["tokens"] / r["cpu_seconds"]
     return r
 
 
@@ -328,10 +341,11 @@ def main(argv=None) -> int:
     hf_loss, ours_loss = ({int(s): v for s, v in r["losses"].items()} for r in (hf[0], ours[0]))  # JSON keys: str
     common = sorted(set(hf_loss) & set(ours_loss))
     gap = max(abs(hf_loss[s] - ours_loss[s]) for s in common) if common else None
-    tokens_per_step = args.micro_batch * args.grad_accum * args.seq_len
+    tokens_per_step = args.micro_batch * args.grad_accum * args.procs * args.seq_len
     print(f"\ncommand: python -m benchmarks.train_throughput {' '.join(sys.argv[1:])}".rstrip())
     print(f"model: Llama hidden {args.hidden}, {args.layers} layers, {args.heads} heads, MLP {args.intermediate}, "
-          f"fp32; seq {args.seq_len}, micro-batch {args.micro_batch} x accumulation {args.grad_accum} = "
+          f"fp32; seq {args.seq_len}, micro-batch {args.micro_batch} x accumulation {args.grad_accum} x {args.procs} "
+          f"process(es) = "
           f"{tokens_per_step:,} tokens/step; {args.warmup} warm-up + {args.steps} timed steps, log every "
           f"{args.log_every}; OMP_NUM_THREADS={args.threads}; HF: ZeRO stage {hf[0]['zero_stage']} "
           f"({hf[0]['optimizer']}, {hf[0]['backend']}), optim {hf[0]['optim']} ({hf[0]['adamw']} AdamW); ours: ZeRO "
