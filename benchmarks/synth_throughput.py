@@ -11,8 +11,8 @@ config's sampling (temperature 0.7, top_p 0.95, max_tokens 1024, seed 0) and sch
 paragraphs, 20-character answers), so every passage ends by the grammar at ~270 generated tokens. Two runs
 alternate, ``--rounds`` times each (bare, trait, bare, trait, ...):
 
-- bare: the same chat request bodies (messages, sampling with its seed, ``response_format`` with the schema, as
-  ``synth.client`` sends them) posted straight to ``/v1/chat/completions`` with plain httpx, at most
+- bare: the same chat request bodies (messages, sampling with each passage's seed, ``response_format`` with the
+  schema, as ``synth.client`` sends them) posted straight to ``/v1/chat/completions`` with plain httpx, at most
   ``--concurrency`` in flight, all requests of the run in one continuous stream;
 - trait: ``trait synth generate --config C --output O --endpoint URL`` as a fresh process, timed from start to
   exit: loading the tasks, grouping (embeddings from the on-disk cache, filled by the set-up), prompts, requests
@@ -67,8 +67,10 @@ def synth_config(problems: int, concurrency: int, batch_groups: int) -> dict:
 
 def request_bodies(config: dict, model: str) -> list[dict]:
     """The chat bodies a run sends, one per planned group, in plan order (grouping and prompts are synth's)."""
+    from synth.client import request_sampling
     from synth.generate import SynthConfig, plan_groups
     from synth.prompts import PromptProblem, render_passage_prompt
+    from synth.store import passage_id
     from trait.config import from_dict
 
     cfg = from_dict(SynthConfig, config)
@@ -81,7 +83,8 @@ def request_bodies(config: dict, model: str) -> list[dict]:
             domain=cfg.domain, entity=group.entity, output_format=cfg.output_format, template=cfg.template,
             max_paragraph_chars=cfg.max_paragraph_chars, max_answer_chars=cfg.max_answer_chars)
         # The OpenAI structured-output form, exactly as synth.client.GeneratorClient.chat builds it.
-        bodies.append({"model": model, "messages": prompt.messages, **cfg.sampling,
+        pid = passage_id(list(group.problem_ids), prompt.template_version, model, cfg.sampling)
+        bodies.append({"model": model, "messages": prompt.messages, **request_sampling(cfg.sampling, pid),
                        "response_format": {"type": "json_schema",
                                            "json_schema": {"name": prompt.schema.get("title", "output"),
                                                            "schema": prompt.schema, "strict": True}}})

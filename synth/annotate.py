@@ -23,14 +23,13 @@ import hashlib
 import heapq
 import json
 import logging
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from synth.client import ChatRequest, GenerationError, run_chat_many
+from synth.client import ChatRequest, request_sampling, run_chat_many, too_long_for_context
 from synth.generate import run_fingerprint
 from synth.passage import parse_annotation
 from synth.prompts import DEFAULT_ANNOTATE_TEMPLATE, OUTPUT_FORMATS, render_annotate_prompt
@@ -51,8 +50,6 @@ PARSE_FAILURES = REJECT_REASONS[2:]
 # A refusal (4xx) whose message says the prompt does not fit the context is about this document: quarantined.
 # vLLM: "This model's maximum context length is 2048 tokens. However, your prompt contains at least 2049 input
 # tokens"; OpenAI says "maximum context length" too.
-REFUSED_STATUS = frozenset({400, 413, 422})
-TOO_LONG = re.compile(r"context length|maximum model length|max_model_len|too long", re.IGNORECASE)
 
 ANNOTATION_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),  # the document's own id
@@ -152,20 +149,12 @@ def _schema(prompt, config: AnnotateConfig) -> dict | None:
     return prompt.schema
 
 
-def document_sampling(sampling: dict, doc_id: str) -> dict:
-    """``sampling`` with its ``seed`` (if any) replaced by a 31-bit hash of (seed, document id)."""
-    if sampling.get("seed") is None:
-        return dict(sampling)
-    digest = hashlib.sha1(f"{sampling['seed']}:{doc_id}".encode("utf-8", "surrogatepass")).digest()
-    return {**sampling, "seed": int.from_bytes(digest[:4], "big") >> 1}
-
-
 def _rows(batch: list[dict], config: AnnotateConfig, model: str, client_kwargs: dict) -> list[dict]:
     """Grade one batch of documents: one row each, labelled or with the reason it is not."""
     rows, asks, requests = [], [], []
     for doc in batch:
         shown = cut(doc["text"] or "", config.max_chars)
-        sampling = document_sampling(config.sampling, doc["id"])
+        sampling = request_sampling(config.sampling, doc["id"])
         row = {**doc, "text": doc["text"] or "", "label": None, "justification": None,
                "annotated_chars": len(shown), "template_version": None, "model": model,
                "sampling": json.dumps(sampling, sort_keys=True),
@@ -181,7 +170,7 @@ def _rows(batch: list[dict], config: AnnotateConfig, model: str, client_kwargs: 
         requests.append(ChatRequest(prompt.messages, sampling, _schema(prompt, config)))
     replies = run_chat_many(client_kwargs, requests, return_exceptions=True) if requests else []
     for row, reply in zip(asks, replies):
-        if isinstance(reply, GenerationError) and reply.status in REFUSED_STATUS and TOO_LONG.search(str(reply)):
+        if too_long_for_context(reply):
             row.update(reject_reason="too_long_for_context", reject_detail=str(reply)[:500])
             continue
         if isinstance(reply, BaseException):

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import random
+import re
 from typing import Any
 
 import httpx
@@ -25,6 +27,8 @@ from trait import UserError
 log = logging.getLogger(__name__)
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 TRANSIENT_ERRORS = (httpx.TransportError,)  # connect/read/write errors, timeouts, a server dying mid-response
+REFUSED_STATUS = frozenset({400, 413, 422})  # a request refused for its content
+_TOO_LONG = re.compile(r"context length|maximum model length|max_model_len|too long", re.IGNORECASE)
 
 
 class GenerationError(UserError):
@@ -34,6 +38,24 @@ class GenerationError(UserError):
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+
+
+def too_long_for_context(result) -> bool:
+    """Whether a request's result is the server refusing its prompt as longer than the model's context (prompt +
+    max_tokens). That is the request's own problem: callers quarantine it as ``too_long_for_context`` and go on
+    (sending it again cannot help, and failing would fail every rerun at the same batch)."""
+    return (isinstance(result, GenerationError) and result.status in REFUSED_STATUS
+            and _TOO_LONG.search(str(result)) is not None)
+
+
+def request_sampling(sampling: dict, key: str) -> dict:
+    """``sampling`` with its ``seed`` (if any) replaced by a 31-bit hash of (seed, ``key``), the request's own id:
+    each request then draws from its own random stream, the same one on every rerun, instead of all of them
+    repeating one stream."""
+    if sampling.get("seed") is None:
+        return dict(sampling)
+    digest = hashlib.sha1(f"{sampling['seed']}:{key}".encode("utf-8", "surrogatepass")).digest()
+    return {**sampling, "seed": int.from_bytes(digest[:4], "big") >> 1}
 
 
 @dataclasses.dataclass

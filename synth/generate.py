@@ -15,13 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from synth.client import ChatRequest, GenerationError, run_chat_many
+from synth.client import ChatRequest, request_sampling, run_chat_many, too_long_for_context
 from synth.grouping import GroupingConfig, ProblemGroup, group_problems
 from synth.passage import PARSE_REASONS
 from synth.prompts import DEFAULT_PASSAGE_TEMPLATE, PromptProblem, render_passage_prompt
@@ -34,8 +33,6 @@ from trait.config import ConfigError, field, to_dict
 log = logging.getLogger(__name__)
 
 SOURCE = "synth/passage"
-REFUSED_STATUS = frozenset({400, 413, 422})  # a request refused for its content (as synth/annotate.py)
-TOO_LONG = re.compile(r"context length|maximum model length|max_model_len|too long", re.IGNORECASE)
 
 
 @dataclass
@@ -52,7 +49,8 @@ class SynthConfig:
                                             "max_tokens); null: unbounded")
     max_answer_chars: int | None = field(64, help="structured outputs: longest final answer the schema allows")
     sampling: dict = field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.95, "max_tokens": 768, "seed": 0},
-                           help="OpenAI sampling fields sent with every request (part of each passage id)")
+                           help="OpenAI sampling fields sent with every request (part of each passage id); a seed "
+                                "is the run's: each passage samples from a hash of it and its own id")
     grouping: GroupingConfig = field(default_factory=GroupingConfig, help="how problems are combined")
     validation: ValidationConfig = field(default_factory=ValidationConfig, help="what a passage must satisfy")
     server: ServerConfig = field(default_factory=ServerConfig, help="the generator: endpoint or local vLLM")
@@ -97,45 +95,38 @@ def _rows(batch: list[ProblemGroup], by_id: dict, definitions: dict, config: Syn
             [PromptProblem(p.task, p.text, definitions[p.task].instruction) for p in problems], group.kind,
             domain=config.domain, entity=group.entity, output_format=config.output_format, template=config.template,
             max_paragraph_chars=config.max_paragraph_chars, max_answer_chars=config.max_answer_chars))
-    completions = run_chat_many(client_kwargs, [ChatRequest(p.messages, dict(config.sampling), p.schema)
-                                                for p in prompts], return_exceptions=True)
-    for c in completions:
-        if isinstance(c, BaseException) and not _too_long(c):
-            raise c  # the server is gone, failing, or refuses the settings: stop; committed batches stay
-    too_long = sum(_too_long(c) for c in completions)
-    if too_long:
-        log.warning("synth: the generator refused %d of %d prompts as longer than its context (quarantined as "
-                    "too_long_for_context), e.g. %s", too_long, len(completions),
-                    next(c for c in completions if _too_long(c)))
-    if stats is not None:  # the server's own token counts (usage) of the answered requests
-        answered = [c for c in completions if not _too_long(c)]
-        stats["requests"] += len(completions)
-        stats["refused_too_long"] += too_long
-        stats["prompt_tokens"] += sum(c.prompt_tokens for c in answered)
-        stats["completion_tokens"] += sum(c.completion_tokens for c in answered)
     ids = [passage_id(list(g.problem_ids), p.template_version, model, config.sampling)
            for g, p in zip(batch, prompts)]
+    # Each passage samples from its own seed (a hash of the run's seed and the passage id), the same on every rerun.
+    samplings = [request_sampling(config.sampling, pid) for pid in ids]
+    completions = run_chat_many(client_kwargs, [ChatRequest(p.messages, s, p.schema)
+                                                for p, s in zip(prompts, samplings)], return_exceptions=True)
+    refused = [too_long_for_context(c) for c in completions]
+    for c, r in zip(completions, refused):
+        if isinstance(c, BaseException) and not r:
+            raise c  # the server is gone, failing, or refuses the settings: stop; committed batches stay
+    if any(refused):
+        log.warning("synth: the generator refused %d of %d prompts as longer than its context (quarantined as "
+                    "too_long_for_context), e.g. %s", sum(refused), len(completions),
+                    completions[refused.index(True)])
+    if stats is not None:  # the server's own token counts (usage) of the answered requests
+        answered = [c for c, r in zip(completions, refused) if not r]
+        stats["requests"] += len(completions)
+        stats["refused_too_long"] += sum(refused)
+        stats["prompt_tokens"] += sum(c.prompt_tokens for c in answered)
+        stats["completion_tokens"] += sum(c.completion_tokens for c in answered)
     # Near-duplicates are removed over the whole run at the end, not per batch.
-    verdicts = [Verdict("too_long_for_context", str(c)[:500]) if _too_long(c)
+    verdicts = [Verdict("too_long_for_context", str(c)[:500]) if r
                 else validator.check(c.text, m, config.output_format, c.finish_reason)
-                for c, m in zip(completions, members)]
+                for c, r, m in zip(completions, refused, members)]
     if config.validation.decontaminate:
         validator.decontaminate(verdicts)
-    sampling = json.dumps(config.sampling, sort_keys=True)
     return [{"id": pid, "source": f"{SOURCE}_{p.template_version}", "text": v.text or "", "url": None,
              "n_tokens": len((v.text or "").split()), "problem_ids": list(g.problem_ids), "tasks": list(g.tasks),
-             "template_version": p.template_version, "model": model, "sampling": sampling,
-             "finish_reason": None if _too_long(c) else c.finish_reason,
-             "reject_reason": v.reason, "reject_detail": v.detail, "raw_output": "" if _too_long(c) else c.text}
-            for pid, g, p, c, v in zip(ids, batch, prompts, completions, verdicts)]
-
-
-def _too_long(result) -> bool:
-    """Whether a request's result is the server refusing its prompt as longer than the model's context (prompt +
-    max_tokens): that passage's own problem, quarantined as ``too_long_for_context`` while the run goes on (sending
-    it again cannot help, and failing would fail every rerun at the same batch). Other refusals stop the run."""
-    return (isinstance(result, GenerationError) and result.status in REFUSED_STATUS
-            and TOO_LONG.search(str(result)) is not None)
+             "template_version": p.template_version, "model": model, "sampling": json.dumps(s, sort_keys=True),
+             "finish_reason": None if r else c.finish_reason,
+             "reject_reason": v.reason, "reject_detail": v.detail, "raw_output": "" if r else c.text}
+            for pid, g, p, s, c, r, v in zip(ids, batch, prompts, samplings, completions, refused, verdicts)]
 
 
 def _dedup_run(store: ChunkStore, validator: PassageValidator) -> pa.Table:

@@ -106,11 +106,11 @@ def test_cli_reports_a_missing_input_without_a_trace(tmp_path, capsys):
 
 
 def test_each_document_gets_its_own_reproducible_seed():
-    from synth.annotate import document_sampling
+    from synth.client import request_sampling
 
     sampling = {"temperature": 1.0, "seed": 0}
-    a, b = document_sampling(sampling, "doc-a"), document_sampling(sampling, "doc-b")
-    assert a == document_sampling(sampling, "doc-a") and a["seed"] != b["seed"] and 0 <= a["seed"] < 2**31
+    a, b = request_sampling(sampling, "doc-a"), request_sampling(sampling, "doc-b")
+    assert a == request_sampling(sampling, "doc-a") and a["seed"] != b["seed"] and 0 <= a["seed"] < 2**31
     assert a["temperature"] == 1.0 and sampling == {"temperature": 1.0, "seed": 0}  # the config is not changed
-    assert document_sampling({"temperature": 0.0}, "doc-a") == {"temperature": 0.0}
-    assert document_sampling(sampling, "doc-a") != document_sampling({**sampling, "seed": 1}, "doc-a")
+    assert request_sampling({"temperature": 0.0}, "doc-a") == {"temperature": 0.0}
+    assert request_sampling(sampling, "doc-a") != request_sampling({**sampling, "seed": 1}, "doc-a")

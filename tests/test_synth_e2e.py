@@ -166,6 +166,7 @@ def test_cli_generate_writes_contract_passages_with_provenance(generator, tmp_pa
                                         "finish_reason")).to_table()
     validate_table(table)  # the contract: id, source, text, url, n_tokens with their types, no null or empty text
     assert "raw_output" not in table.column_names
+    from synth.client import request_sampling
     from synth.store import passage_id
     from synth.tasks import load_definitions, load_problems
     problems = {p.id: p.task for d in load_definitions(["gsm8k", "math"]) for p in load_problems(d)[0][:40]}
@@ -176,9 +177,12 @@ def test_cli_generate_writes_contract_passages_with_provenance(generator, tmp_pa
         assert [problems[p] for p in row["problem_ids"]] == row["tasks"]
         assert row["template_version"].startswith("passage_v1@")
         assert row["source"] == f"synth/passage_{row['template_version']}"
-        assert row["model"] == generator.model and json.loads(row["sampling"]) == SAMPLING
+        assert row["model"] == generator.model
+        assert json.loads(row["sampling"]) == request_sampling(SAMPLING, row["id"])  # what was sent
         assert row["finish_reason"] in ("stop", "length")
         assert row["id"] == passage_id(row["problem_ids"], row["template_version"], row["model"], SAMPLING)
+    seeds = {json.loads(s)["seed"] for s in table.column("sampling").to_pylist()}
+    assert len(seeds) == table.num_rows  # each passage its own random stream
 
 
 @pytest.fixture(scope="module")

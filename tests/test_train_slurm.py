@@ -60,20 +60,6 @@ def cmdline(pid: int) -> str:
         return "(gone)"
 
 
-def job_processes(cluster) -> list[int]:
-    """Processes of the cluster that are not its daemons or their helpers (slurmctld forks slurmscriptd)."""
-    daemons = {p.pid for p in cluster.procs.values()}
-    found = []
-    for pid in cluster.leftover_pids():
-        try:
-            ppid = int(re.search(r"^PPid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1))
-        except (OSError, AttributeError):
-            continue  # gone meanwhile
-        if pid not in daemons and ppid not in daemons:
-            found.append(pid)
-    return found
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(cluster, base_config, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("uninterrupted")
@@ -85,10 +71,10 @@ def uninterrupted(cluster, base_config, tmp_path_factory) -> dict:
     # The batch script stopped its rendezvous store, the agents and workers exited: only the daemons are left
     # (slurmstepd may take a moment to exit after reporting).
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and job_processes(cluster):
+    while time.monotonic() < deadline and cluster.job_pids():
         time.sleep(0.2)
     return {"job": done, "out": root / "out", "log": done.stdout.read_text(), "report": report,
-            "left": {pid: cmdline(pid) for pid in job_processes(cluster)}}
+            "left": {pid: cmdline(pid) for pid in cluster.job_pids()}}
 
 
 def test_two_node_job_trains_with_one_rank_per_node_and_exports(uninterrupted):
