@@ -101,9 +101,17 @@ def answer_matches(kind: str, reference: str | None, final_answer: str | None, p
         return want is not None and got == want
     if kind == "label":
         return normalise_label(candidate) == normalise_label(reference)
+    return math_equal(reference, candidate, short=stated)
+
+
+def math_equal(reference: str, candidate: str, short: bool = True) -> bool:
+    """math-verify's verdict on a candidate against a short reference answer (``\\frac{1}{2}`` equals ``0.5``).
+
+    ``short`` says the candidate is a stated answer, parsed as a formula first; ``short=False`` for prose, which
+    math-verify searches for its final answer. Nothing parseable on either side is False."""
     from math_verify import verify
 
-    gold, pred = _math_parse(reference), _math_parse(candidate, short=stated)
+    gold, pred = _math_parse(reference), _math_parse(candidate, short=short)
     if not gold or not pred:
         return False
     timeouts = {"timeout_seconds": None} if _math_verify_timeouts() else {}

@@ -63,8 +63,15 @@ MAX_MALFORMED_EXAMPLES = 5
 
 
 def default_shared_data() -> str:
-    """``$TRAIT_SHARED_DATA``, else ``../shared/data`` (relative to the working directory)."""
-    return os.environ.get("TRAIT_SHARED_DATA", "../shared/data")
+    """``$TRAIT_SHARED_DATA``, else ``../shared/data`` relative to the working directory when it exists, else the
+    ``shared/data`` beside the repository (so a command run from a subdirectory, or lm-eval's task loader, finds
+    it too)."""
+    if "TRAIT_SHARED_DATA" in os.environ:
+        return os.environ["TRAIT_SHARED_DATA"]
+    if Path("../shared/data").is_dir():
+        return "../shared/data"
+    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return str(beside_repo) if beside_repo.is_dir() else "../shared/data"
 
 
 @dataclass
