@@ -170,6 +170,20 @@ def _train(args) -> dict:
         sys.exit(PREEMPTED_EXIT)
 
 
+def _eval(args) -> dict:
+    from eval.report import markdown_table
+    from eval.run import run_eval
+
+    judge = args.judge_endpoint or args.judge
+    result = run_eval(args.model, args.tasks, backend=args.backend, limit=args.limit, output=args.output,
+                      endpoint=args.endpoint, api_key_env=args.api_key_env, batch_size=args.batch_size,
+                      device=args.device, num_fewshot=args.num_fewshot, judge=judge,
+                      judge_api_key_env=args.judge_api_key_env, reference_samples=args.reference_samples,
+                      seed=args.seed)
+    print(markdown_table(result), end="")
+    return result
+
+
 def _demo(args) -> dict:
     from spark_jobs.demo import run_demo
 
@@ -278,6 +292,36 @@ def build_parser() -> argparse.ArgumentParser:
                    "never: refuse an output_dir that already holds training output")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("eval", help="evaluate a model on the math and ads tasks (lm-evaluation-harness, local data)",
+                       description="Evaluate a model on our lm-eval tasks (eval/tasks, read from ../shared/data; "
+                       "nothing is downloaded). Writes results.json, results.md and samples/<task>.jsonl under "
+                       "--output; every score carries a 95% confidence interval.")
+    p.add_argument("--model", required=True, help="Hugging Face model directory (hf, vllm; openai: the served "
+                   "model name, or a directory whose tokenizer is used and whose served name is looked up)")
+    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
+                   help="math, ads, or task names (gsm8k means trait_gsm8k); an unknown name lists the known ones")
+    p.add_argument("--backend", choices=["hf", "vllm", "openai"], default="hf",
+                   help="hf: transformers in this process (CPU float32, GPU bf16); vllm: a local vLLM server "
+                   "started for the run; openai: any OpenAI-compatible --endpoint (default hf)")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL for --backend openai, e.g. http://host:8000/v1")
+    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (the key itself "
+                   "is never logged or written)")
+    p.add_argument("--limit", type=int, help="at most this many items per task (smoke runs)")
+    p.add_argument("--output", help="directory for results.json, results.md and samples/ (default: print only)")
+    p.add_argument("--batch-size", type=int, default=1, help="items per forward pass or request (default 1)")
+    p.add_argument("--device", help="hf: cpu or cuda (default: cuda when available)")
+    p.add_argument("--num-fewshot", type=int, help="override the tasks' few-shot counts")
+    judge = p.add_mutually_exclusive_group()
+    judge.add_argument("--judge-endpoint", metavar="URL", help="OpenAI-compatible URL of the LLM judging win "
+                       "rates (e.g. the synth generator's)")
+    judge.add_argument("--judge", choices=["local"], help="local: judge with a vLLM server started for the run "
+                       "(the embedded tiny model); without a judge, win rates are reported as not computed")
+    p.add_argument("--judge-api-key-env", metavar="VAR", help="environment variable holding the judge's API key")
+    p.add_argument("--reference-samples", metavar="JSONL", help="judge against another run's "
+                   "samples/trait_product_title.jsonl instead of the dataset's reference titles")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling, few-shot draws and bootstraps (default 0)")
+    p.set_defaults(func=_eval)
+
     p = sub.add_parser("demo", help="the math selection demo on ../shared/data, end to end")
     p.add_argument("--data", default=os.environ.get("TRAIT_SHARED_DATA", "../shared/data"),
                    help="the shared data directory (default: $TRAIT_SHARED_DATA, else ../shared/data)")
@@ -297,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"trait: error: {exc}", file=sys.stderr)
         return 2
-    if args.command != "demo":
+    if args.command not in ("demo", "eval"):  # eval prints its table itself
         print(json.dumps(result.get("counts", result.get("heldout_metrics", {})), indent=2, default=str))
     return 0
 

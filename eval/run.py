@@ -1,0 +1,176 @@
+"""``trait eval``: lm-evaluation-harness on our tasks (``eval/tasks``), a 95% interval on every score, and the files.
+
+``run_eval(model, tasks, backend=..., limit=..., output=...)`` resolves the task names, opens the backend
+(eval/backends.py), runs ``lm_eval.simple_evaluate`` once over all tasks, and returns (and writes to
+``output/results.json``)::
+
+    {"model": ..., "backend": ..., "limit": ..., "tasks": {task: {key: {"value", "ci", "ci_method", "n",
+     "metric", "filter", "higher_is_better"}}}, "versions": {...}, "config": {...}, "judge": {...}}
+
+``key`` is the metric name under lm-eval's default filter (``none``), else ``metric,filter`` (lm-eval's own form,
+e.g. ``exact_match,strict-match``). Intervals come from the per-sample values (eval/metrics.py). A task whose
+metadata asks for a judge (``judge: pairwise_title``) also gets ``win_rate`` when a judge is configured, and
+otherwise a ``win_rate`` entry with ``value: null`` and the reason, never a silent gap. Beside results.json:
+``results.md`` (one row per score) and ``samples/<task>.jsonl`` (doc, prompt, output, extracted answer, verdict).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import lm_eval
+from lm_eval.tasks import TaskManager
+
+from eval.backends import open_backend
+from eval.metrics import score_ci
+from eval.report import write_outputs
+from trait import UserError
+from trait.config import field, from_dict, to_dict
+
+log = logging.getLogger(__name__)
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+ALIASES = {"math": "trait_math_all", "ads": "trait_ads_all"}
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    """What else varies per evaluation run (the CLI's flags beyond --model, --tasks, --backend, --limit)."""
+
+    endpoint: str | None = field(None, help="OpenAI-compatible base URL for --backend openai")
+    api_key_env: str | None = field(None, help="environment variable holding the endpoint's API key (never logged)")
+    batch_size: int = field(1, help="requests per forward pass (hf) or per HTTP request (vllm, openai)")
+    device: str | None = field(None, help="hf: cpu or cuda (default: cuda when available)")
+    num_fewshot: int | None = field(None, help="override every task's few-shot count (a task fixed at 0 stays 0)")
+    judge: str | None = field(None, help="judge for win rates: an OpenAI-compatible URL, or 'local' (a vLLM server "
+                                         "started for the run); empty: win rates are reported as not computed")
+    judge_api_key_env: str | None = field(None, help="environment variable holding the judge endpoint's key")
+    judge_model: str | None = field(None, help="model the local judge serves (default: the embedded tiny model)")
+    reference_samples: str | None = field(None, help="another run's samples/trait_product_title.jsonl to judge "
+                                                     "against (default: the dataset's reference titles)")
+    num_concurrent: int = field(4, help="concurrent HTTP requests (vllm, openai)")
+    seed: int = field(0, help="seed of lm-eval (python, numpy, torch, few-shot sampling), the server and bootstraps")
+
+
+def resolve_tasks(names: list[str], manager) -> list[str]:
+    """``math`` / ``ads`` -> our groups; ``gsm8k`` -> ``trait_gsm8k`` when that exists; else the name as given,
+    if it is one of ours. Unknown names fail with the list of what exists."""
+    ours = sorted(n for n in manager.all_tasks if n.startswith("trait_"))
+    resolved = []
+    for name in names:
+        for candidate in (ALIASES.get(name), f"trait_{name}", name):
+            if candidate in ours:
+                resolved.append(candidate)
+                break
+        else:
+            raise UserError(f"unknown task {name!r}; known: math, ads, {', '.join(ours)} (a bare name like gsm8k "
+                            "means trait_gsm8k)")
+    return list(dict.fromkeys(resolved))
+
+
+def run_eval(model: str, tasks: list[str], *, backend: str = "hf", limit: int | None = None,
+             output: str | None = None, **options) -> dict:
+    """Evaluate ``model`` on ``tasks``; see the module docstring for the returned dict. Writes files if ``output``."""
+    opts = from_dict(EvalOptions, options, "eval options")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be a positive number of items per task, got {limit}")
+    manager = _KeepingTaskManager(include_path=str(TASKS_DIR))
+    names = resolve_tasks(tasks, manager)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        lm, backend_info = open_backend(stack, backend, model, device=opts.device, batch_size=opts.batch_size,
+                                        endpoint=opts.endpoint, api_key_env=opts.api_key_env,
+                                        num_concurrent=opts.num_concurrent, seed=opts.seed)
+        raw = lm_eval.simple_evaluate(model=lm, tasks=names, limit=limit, num_fewshot=opts.num_fewshot,
+                                      task_manager=manager, log_samples=True, bootstrap_iters=0,
+                                      random_seed=opts.seed, numpy_random_seed=opts.seed,
+                                      torch_random_seed=opts.seed, fewshot_random_seed=opts.seed)
+    scores = {task: _task_scores(task, raw, manager.loaded["tasks"][task], opts.seed) for task in raw["samples"]}
+    result = {"model": model, "backend": backend, "limit": limit, "tasks": scores,
+              "requested_tasks": tasks, "resolved_tasks": names,
+              "versions": {"lm_eval": _version("lm_eval"), "trait": _version("trait"), "tasks": raw["versions"]},
+              "config": {**to_dict(opts), **backend_info, "n_shot": raw["n-shot"], "n_samples": raw["n-samples"]},
+              "seconds": None}
+    samples = {task: [_sample_row(s) for s in rows] for task, rows in raw["samples"].items()}
+    judged = _judge(raw, samples, opts, scores)
+    result["seconds"] = round(time.monotonic() - started, 1)
+    if output:
+        write_outputs(Path(output), result, samples, judged)
+    return result
+
+
+class _KeepingTaskManager(TaskManager):
+    """lm-eval's TaskManager, keeping what ``load`` returned: the Task objects carry each metric's aggregation,
+    which the intervals recompute on resamples."""
+
+    loaded: dict = {}
+
+    def load(self, task_list):
+        self.loaded = super().load(task_list)
+        return self.loaded
+
+
+def _task_scores(task: str, raw: dict, task_obj, seed: int) -> dict:
+    aggregations, higher = task_obj.aggregation(), task_obj.higher_is_better()
+    out = {}
+    for key, value in raw["results"][task].items():
+        if "," not in key or "_stderr" in key:
+            continue
+        metric, filt = key.split(",", 1)
+        values = [s[metric] for s in raw["samples"][task] if s["filter"] == filt]
+        entry = {"value": None if value != value else float(value), "n": len(values), "metric": metric,
+                 "filter": filt, "higher_is_better": higher.get(metric),
+                 **score_ci(values, aggregations[metric], seed=seed)}
+        out[metric if filt == "none" else key] = entry
+    return out
+
+
+def _sample_row(sample: dict) -> dict:
+    """One per-sample log line: what was asked, what came back, what was extracted, and how it scored."""
+    prompts = [args[0] for args in sample["arguments"]]
+    outputs = [resp[0] for resp in sample["resps"]]
+    generated = isinstance(sample["filtered_resps"][0], str)
+    return {"doc_id": sample["doc_id"], "filter": sample["filter"], "doc": sample["doc"], "target": sample["target"],
+            "prompt": prompts[0],
+            "choices": None if generated else [args[1] for args in sample["arguments"]],
+            "output": outputs[0] if generated else [float(o[0]) for o in outputs],
+            "extracted": sample["filtered_resps"][0].strip() if generated else
+            max(range(len(outputs)), key=lambda i: outputs[i][0]),
+            "verdict": {m: sample[m] for m in sample["metrics"]}}
+
+
+def _judge(raw: dict, samples: dict, opts: EvalOptions, scores: dict) -> dict:
+    """Win rates for the tasks whose metadata asks for a judge; returns {task: judge result with details}."""
+    from eval.judge import judge_titles, reference_titles
+    from synth.server import ServerConfig, VllmServer
+
+    wanted = [t for t in samples if (raw["configs"][t].get("metadata") or {}).get("judge") == "pairwise_title"]
+    judged = {}
+    if wanted and not opts.judge:
+        for task in wanted:
+            scores[task]["win_rate"] = {"value": None, "ci": [None, None], "n": 0, "computed": False,
+                                        "reason": "no judge configured: pass --judge-endpoint URL or --judge local"}
+        return judged
+    for task in wanted:
+        rows = [{"doc": r["doc"], "output": r["extracted"]} for r in samples[task] if r["filter"] == "none"]
+        config = ServerConfig(model=opts.judge_model) if opts.judge == "local" else \
+            ServerConfig(endpoint=opts.judge, api_key_env=opts.judge_api_key_env, model=opts.judge_model)
+        with VllmServer(config) as server:
+            judged[task] = judge_titles(server, rows, reference_titles(opts.reference_samples, rows), seed=opts.seed,
+                                        max_concurrency=opts.num_concurrent)
+        entry = {k: v for k, v in judged[task].items() if k != "details"}
+        scores[task]["win_rate"] = {**entry, "metric": "win_rate", "filter": "none", "higher_is_better": True,
+                                    "computed": True, "reference": opts.reference_samples or "dataset titles"}
+    return judged
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
