@@ -14,10 +14,11 @@ Two extractions, reported side by side (lm-eval filters ``strict-match`` and ``f
 - *flexible* is math-evaluation-harness's cascade: the strict form, else the last ``\\boxed{...}`` (nested braces
   kept), else "The answer is X", else the last number; for choices the last "answer: X" or "(X)".
 
-Equivalence (``answers_equal``): numbers compare as numbers (relative tolerance 1e-4 as in the harness's
-``math_equal``; thousands separators, "$", units after the number and "%" ignored; "3/4" equals 0.75); MATH answers
-first by lm-eval's Minerva normalisation and sympy equivalence (``is_equiv``), then as numbers, then by math-verify
-(``synth.answers.math_equal``, the one math-verify matcher of the project); text by words, case-insensitively.
+Equivalence (``answers_equal``): numbers compare as numbers (whole numbers exactly, others within the relative
+tolerance 1e-4 of the harness's ``math_equal``; thousands separators, "$", units after the number and "%"
+ignored; "3/4" equals 0.75); MATH answers first by lm-eval's Minerva normalisation and sympy equivalence
+(``is_equiv``), then as numbers, then by math-verify (``synth.answers.math_equal``, the one math-verify matcher of
+the project); text by words, case-insensitively.
 Each verdict is True or False, so every per-sample score is 0 or 1.
 """
 
@@ -134,6 +135,10 @@ def flexible_answer(kind: str, output: str) -> str | None:
 
 
 def numbers_equal(gold: float, answer: float) -> bool:
+    """Two whole numbers must be equal (70001 is not 70000, though the harness's tolerance lets it pass); otherwise
+    within the harness's relative tolerance (0.3333 equals 1/3, 0.4 equals 2/5)."""
+    if gold.is_integer() and answer.is_integer():
+        return gold == answer
     return math.isclose(gold, answer, rel_tol=_REL_TOL, abs_tol=1e-9)
 
 
