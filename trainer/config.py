@@ -68,6 +68,8 @@ class StageConfig:
     checkpoint_every: int = field(100, help="save a resumable checkpoint every N optimizer steps (0: only when "
                                   "pre-empted by SIGTERM/SIGUSR1)")
     keep_checkpoints: int = field(2, help="keep the newest N complete checkpoints of this stage, delete older ones")
+    export_every: int = field(0, help="also export the weights every N optimizer steps as a Hugging Face directory "
+                              "<stage>/exports/step_<NNNNNNNN> (training curves: trait curves); 0: final only")
     init_from: str | None = field(None, help="'base' (the model directory) or 'previous' (the previous stage's "
                                   "output_dir/<stage>/final); default: base for the first stage, previous after")
 
@@ -107,8 +109,9 @@ class StageConfig:
             raise ConfigError(f"{where}: unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"{where}: need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
-        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ConfigError(f"{where}: warmup_steps and checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.export_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError(f"{where}: warmup_steps, checkpoint_every and export_every must be >= 0 and "
+                              "keep_checkpoints >= 1")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{where}: betas must be two numbers in [0, 1), got {self.betas}")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0:
@@ -160,6 +163,8 @@ class TrainConfig:
                               f"{self.peak_flops_per_device}")
         # Resolve init_from here, so the resolved config written beside the outputs says what actually happened.
         for i, stage in enumerate(self.stages):
+            if stage.export_every and not self.export:
+                raise ConfigError(f"stage {stage.name!r}: export_every {stage.export_every} needs export: true")
             if stage.init_from is None:
                 stage.init_from = "base" if i == 0 else "previous"
             if stage.init_from == "previous":

@@ -2,8 +2,9 @@
 as a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` and vLLM load as they are.
 
 An export is written to a staging directory and renamed into place, with ``trait_export.json`` (files, sizes,
-sha256) last inside it, so a directory named ``final`` is always complete; the next stage refuses one whose
-marker does not verify.
+sha256; the stage, its index, the step, tokens seen in the stage and across stages) last inside it, so a directory
+named ``final`` is always complete; the next stage refuses one whose marker does not verify. A stage with
+``export_every`` also exports ``<stage>/exports/step_<NNNNNNNN>`` during training (the points of a training curve).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from trait.config import ConfigError
 log = logging.getLogger(__name__)
 
 EXPORT_MARKER = "trait_export.json"
+EXPORTS_DIR = "exports"  # <stage>/exports/step_<NNNNNNNN>: the exports made during a stage (export_every)
 # Tokenizer files a Hugging Face model directory may carry; copied verbatim from the base model, so every stage's
 # export tokenises exactly as the data was tokenised.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -114,3 +116,28 @@ def verified_export(path: str | Path) -> dict:
     if problem:
         raise ConfigError(f"export {path} is damaged: {problem}; retrain that stage (delete the directory)")
     return meta
+
+
+def step_export_dir(stage_dir: str | Path, step: int) -> Path:
+    return Path(stage_dir) / EXPORTS_DIR / f"step_{step:08d}"
+
+
+def step_exports(stage_dir: str | Path) -> list[tuple[int, Path]]:
+    """The finished in-stage exports of a stage (those with a marker), as (step, path) by step."""
+    root = Path(stage_dir) / EXPORTS_DIR
+    return sorted((int(p.name[5:]), p) for p in root.glob("step_*")
+                  if p.name[5:].isdigit() and (p / EXPORT_MARKER).is_file())
+
+
+def drop_exports_after(stage_dir: str | Path, step: int) -> list[Path]:
+    """Delete the in-stage exports past ``step`` and any staging leftovers of a killed export; returns what went.
+
+    Called when a stage (re)starts at ``step``: exports a killed run made after its last checkpoint are made again,
+    from the same weights, when the resumed run passes their step, so the run's exports read as one uninterrupted
+    run, like its metrics log (``trainer.metrics``)."""
+    root = Path(stage_dir) / EXPORTS_DIR
+    kept = {p for s, p in step_exports(stage_dir) if s <= step}
+    gone = sorted(p for p in root.iterdir() if p not in kept) if root.is_dir() else []
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone

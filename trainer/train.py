@@ -29,7 +29,7 @@ from trainer import checkpoint
 from trainer.config import StageConfig, TrainConfig, check_inputs
 from trainer.engine import Dist, accumulation_steps, build_engine, init_distributed, lr_factor, resolve_precision
 from trainer.metrics import MetricsLogger, detect_peak_flops, matmul_params, mfu, model_flops_per_token
-from trainer.model import export_model, load_model, verified_export
+from trainer.model import drop_exports_after, export_model, load_model, step_export_dir, verified_export
 from trait import UserError
 from trait.config import ConfigError, load, to_dict
 
@@ -40,7 +40,7 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again"; the checkpoint of the stop step
 # is written, exactly what a node loss at that moment looks like.
 KILL_HOOK = "TRAIT_TEST_SIGKILL_AFTER_CHECKPOINT"
 # Stage settings that may change between a checkpoint and its resume (they do not change the loss curve).
-_RESUME_MAY_CHANGE = {"checkpoint_every", "keep_checkpoints"}
+_RESUME_MAY_CHANGE = {"checkpoint_every", "keep_checkpoints", "export_every"}
 
 
 class Preempted(Exception):
@@ -166,6 +166,9 @@ def train_stage(config: TrainConfig, index: int, init_dir: Path, d: Dist, precis
             checkpoint.set_rng_state(mine["rng"])
             start, resumed_from = client["step"], str(path)
             log.info("stage %s: resumed from %s (step %d of %d)", stage.name, path, start, total)
+    if d.is_main:
+        for gone in drop_exports_after(stage_dir, start):
+            log.info("stage %s: removed %s (made after step %d, where this run starts)", stage.name, gone, start)
 
     n_matmul = matmul_params(model)
     head_dim = getattr(mcfg, "head_dim", None) or mcfg.hidden_size // mcfg.num_attention_heads
@@ -185,6 +188,14 @@ def train_stage(config: TrainConfig, index: int, init_dir: Path, d: Dist, precis
     t_stage = time.perf_counter()
     t_last, steps_since, pause = time.perf_counter(), 0, 0.0
     rates, last = [], {}
+
+    offset = sum(s.steps * s.tokens_per_step for s in config.stages[:index])  # tokens of the earlier stages
+
+    def export(step: int, out_dir: Path) -> None:
+        tokens = step * stage.tokens_per_step
+        export_model(getattr(engine.module, "_orig_mod", engine.module), config.model, out_dir,
+                     {"stage": stage.name, "stage_index": index, "step": step, "steps": total, "tokens": tokens,
+                      "tokens_cumulative": offset + tokens})
 
     def save(step: int) -> None:
         client = {"step": step, "tokens": step * stage.tokens_per_step, "stage_index": index,
@@ -229,6 +240,9 @@ def train_stage(config: TrainConfig, index: int, init_dir: Path, d: Dist, precis
             rates.append((steps_since, elapsed))
             t_last, steps_since, pause = time.perf_counter(), 0, 0.0
         t0 = time.perf_counter()
+        # Export before the checkpoint of the same step: a kill right after that checkpoint keeps the export.
+        if stage.export_every and done % stage.export_every == 0 and done < total and d.is_main:
+            export(done, step_export_dir(stage_dir, done))
         stopping = stop.agreed(d)
         if done < total and ((stage.checkpoint_every and done % stage.checkpoint_every == 0) or stopping):
             save(done)
@@ -252,9 +266,7 @@ def train_stage(config: TrainConfig, index: int, init_dir: Path, d: Dist, precis
                "precision": precision, "wall_s": wall, "realised_mixture": realised, "deepspeed": ds_config,
                "stage_config": _stage_fingerprint(stage), "init_from_stage": _init_source(config, index)}
     if config.export and d.is_main:
-        module = getattr(engine.module, "_orig_mod", engine.module)
-        export_model(module, config.model, stage_dir / "final",
-                     {"stage": stage.name, "steps": total, "tokens": summary["tokens"]})
+        export(total, stage_dir / "final")
     if d.is_main:
         tmp = stage_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1, default=str))
