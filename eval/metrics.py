@@ -30,7 +30,9 @@ def wilson(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    # at p = 0 (or 1) the bound is exactly 0 (or 1); the formula leaves float noise of ~1e-17 there
+    return (0.0 if successes <= 0 else lo, 1.0 if successes >= n else hi)
 
 
 def bootstrap_ci(values: Sequence, statistic: Callable[[list], float], iters: int = BOOTSTRAP_ITERS,
@@ -48,6 +50,26 @@ def bootstrap_ci(values: Sequence, statistic: Callable[[list], float], iters: in
         return (math.nan, math.nan)
     tail = (1 - level) / 2 * 100
     return (float(np.percentile(stats, tail)), float(np.percentile(stats, 100 - tail)))
+
+
+def stratified_bootstrap_ci(strata: Sequence[tuple[Sequence, Callable[[list], float]]], iters: int = BOOTSTRAP_ITERS,
+                            seed: int = 0, level: float = 0.95) -> list[float | None]:
+    """Interval of the unweighted mean of several tasks' scores: each resample redraws every task's per-sample
+    values (within the task) and averages the tasks' aggregations. ``strata``: ``(values, aggregation)`` per task."""
+    strata = [(list(values), agg) for values, agg in strata if len(values)]
+    if not strata:
+        return [None, None]
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(iters):
+        scores = [agg([values[i] for i in rng.integers(0, len(values), len(values))]) for values, agg in strata]
+        stats.append(float(np.mean(scores)))
+    stats = np.array(stats)
+    stats = stats[~np.isnan(stats)]
+    if not stats.size:
+        return [None, None]
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(stats, tail)), float(np.percentile(stats, 100 - tail))]
 
 
 def jackknife_ci(values: Sequence, statistic: Callable[[list], float], z: float = Z_95) -> tuple[float, float]:

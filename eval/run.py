@@ -26,7 +26,7 @@ import lm_eval
 from lm_eval.tasks import TaskManager
 
 from eval.backends import open_backend
-from eval.metrics import score_ci
+from eval.metrics import score_ci, stratified_bootstrap_ci
 from eval.report import write_outputs
 from trait import UserError
 from trait.config import field, from_dict, to_dict
@@ -51,6 +51,8 @@ class EvalOptions:
     judge_model: str | None = field(None, help="model the local judge serves (default: the embedded tiny model)")
     reference_samples: str | None = field(None, help="another run's samples/trait_product_title.jsonl to judge "
                                                      "against (default: the dataset's reference titles)")
+    max_gen_toks: int | None = field(None, help="cap every generation task's new tokens (smoke runs; the scores "
+                                                "then differ from the protocol's)")
     num_concurrent: int = field(4, help="concurrent HTTP requests (vllm, openai)")
     seed: int = field(0, help="seed of lm-eval (python, numpy, torch, few-shot sampling), the server and bootstraps")
 
@@ -86,9 +88,11 @@ def run_eval(model: str, tasks: list[str], *, backend: str = "hf", limit: int | 
                                         num_concurrent=opts.num_concurrent, seed=opts.seed)
         raw = lm_eval.simple_evaluate(model=lm, tasks=names, limit=limit, num_fewshot=opts.num_fewshot,
                                       task_manager=manager, log_samples=True, bootstrap_iters=0,
+                                      gen_kwargs={"max_gen_toks": opts.max_gen_toks} if opts.max_gen_toks else None,
                                       random_seed=opts.seed, numpy_random_seed=opts.seed,
                                       torch_random_seed=opts.seed, fewshot_random_seed=opts.seed)
     scores = {task: _task_scores(task, raw, manager.loaded["tasks"][task], opts.seed) for task in raw["samples"]}
+    scores.update(_group_scores(raw, manager.loaded["tasks"], opts.seed))
     result = {"model": model, "backend": backend, "limit": limit, "tasks": scores,
               "requested_tasks": tasks, "resolved_tasks": names,
               "versions": {"lm_eval": _version("lm_eval"), "trait": _version("trait"), "tasks": raw["versions"]},
@@ -128,18 +132,44 @@ def _task_scores(task: str, raw: dict, task_obj, seed: int) -> dict:
     return out
 
 
+def _group_scores(raw: dict, tasks: dict, seed: int) -> dict:
+    """Group scores lm-eval computed (e.g. trait_math_all's unweighted mean of its tasks' exact_match), each with a
+    stratified bootstrap interval: every resample redraws each task's items and recomputes the task means."""
+    out = {}
+    for group, subtasks in raw.get("group_subtasks", {}).items():
+        entries = {}
+        for key, value in raw["results"].get(group, {}).items():
+            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+                continue
+            metric, filt = key.split(",", 1)
+            strata = [([s[metric] for s in raw["samples"][t] if s["filter"] == filt], tasks[t].aggregation()[metric])
+                      for t in subtasks if t in raw["samples"]]
+            lo, hi = stratified_bootstrap_ci(strata, seed=seed)
+            entries[metric if filt == "none" else key] = {
+                "value": float(value), "ci": [lo, hi], "ci_method": "stratified_bootstrap",
+                "n": sum(len(v) for v, _ in strata), "metric": metric, "filter": filt, "higher_is_better": True,
+                "subtasks": list(subtasks)}
+        if entries:
+            out[group] = entries
+    return out
+
+
 def _sample_row(sample: dict) -> dict:
     """One per-sample log line: what was asked, what came back, what was extracted, and how it scored."""
     prompts = [args[0] for args in sample["arguments"]]
     outputs = [resp[0] for resp in sample["resps"]]
-    generated = isinstance(sample["filtered_resps"][0], str)
+    generated = isinstance(outputs[0], str)  # else (log-likelihood, is_greedy) per choice
     return {"doc_id": sample["doc_id"], "filter": sample["filter"], "doc": sample["doc"], "target": sample["target"],
             "prompt": prompts[0],
             "choices": None if generated else [args[1] for args in sample["arguments"]],
             "output": outputs[0] if generated else [float(o[0]) for o in outputs],
-            "extracted": sample["filtered_resps"][0].strip() if generated else
+            "extracted": _strip(sample["filtered_resps"][0]) if generated else
             max(range(len(outputs)), key=lambda i: outputs[i][0]),
             "verdict": {m: sample[m] for m in sample["metrics"]}}
+
+
+def _strip(answer):
+    return answer.strip() if isinstance(answer, str) else answer
 
 
 def _judge(raw: dict, samples: dict, opts: EvalOptions, scores: dict) -> dict:

@@ -179,7 +179,7 @@ def _eval(args) -> dict:
                       endpoint=args.endpoint, api_key_env=args.api_key_env, batch_size=args.batch_size,
                       device=args.device, num_fewshot=args.num_fewshot, judge=judge,
                       judge_api_key_env=args.judge_api_key_env, reference_samples=args.reference_samples,
-                      seed=args.seed)
+                      max_gen_toks=args.max_gen_toks, seed=args.seed)
     print(markdown_table(result), end="")
     return result
 
@@ -311,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="items per forward pass or request (default 1)")
     p.add_argument("--device", help="hf: cpu or cuda (default: cuda when available)")
     p.add_argument("--num-fewshot", type=int, help="override the tasks' few-shot counts")
+    p.add_argument("--max-gen-toks", type=int, help="cap the new tokens of every generation task (smoke runs only: "
+                   "scores then differ from the protocol's)")
     judge = p.add_mutually_exclusive_group()
     judge.add_argument("--judge-endpoint", metavar="URL", help="OpenAI-compatible URL of the LLM judging win "
                        "rates (e.g. the synth generator's)")

@@ -20,21 +20,20 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import datasets
 
 from eval.metrics import distinct_1, distinct_2, roc_auc  # noqa: F401  (the YAMLs' aggregations)
+from trait.benchmarks import default_shared_data
 
-ADS = Path(os.environ.get("TRAIT_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared" / "data")) / "ads"
 MAX_DESCRIPTION_CHARS = 600  # ~150 tokens: a 3-shot prompt stays well inside a 2,048-token context
 OFFER = re.compile(r"COL name VAL (?P<name>.*?) COL description VAL (?P<description>.*?) COL price VAL")
 
 
 def _file(*parts: str) -> Path:
-    path = ADS.joinpath(*parts)
+    path = Path(default_shared_data(), "ads", *parts)
     if not path.exists():
         raise FileNotFoundError(f"ads task data {path} not found; set TRAIT_SHARED_DATA to the shared data directory")
     return path
