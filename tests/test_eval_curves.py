@@ -1,0 +1,121 @@
+"""Training curves end to end: a tiny two-stage run (real DeepSpeed on CPU) with ``export_every``, SIGKILLed and
+resumed in stage 1, then ``trait curves`` on its exports with a real lm-eval task (QADSM, hf backend, 4 items).
+
+The run: stage 1 (knowledge) 12 steps, stage 2 (task_alignment) 8 steps, 8 sequences x 64 tokens = 512 tokens a
+step, a checkpoint and an export every 4 steps. Exports: knowledge step 4, 8, final (12); task_alignment step 4,
+final (8): five points at 2048, 4096, 6144, 8192 and 10240 tokens, the stage boundary at 6144.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from trainer.model import EXPORT_MARKER, sha256_file, step_exports
+
+from .conftest import REPO
+from .training import ENV, events, tiny_config, write_config
+
+pytestmark = pytest.mark.train
+TOKENS_PER_STEP = 8 * 64
+KILL_HOOK = "TRAIT_TEST_SIGKILL_AFTER_CHECKPOINT"
+
+
+def trait(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trait.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**ENV, **(env or {})}, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model, datasets) -> dict:
+    """Killed right after stage 1's step-8 checkpoint; that checkpoint then damaged, so the resumed run starts at
+    step 4 and must drop and remake the step-8 export. Plus a reference run of stage 1 without exports."""
+    root = tmp_path_factory.mktemp("curves")
+    cfg = tiny_config(root, tiny_model, datasets)
+    for stage, steps in zip(cfg["stages"], (12, 8)):
+        stage.update(token_budget=steps * TOKENS_PER_STEP, export_every=4)
+    config = write_config(root, cfg)
+    out = root / "out"
+    killed = trait("train", "--config", config, env={KILL_HOOK: "knowledge:8"})
+    step8 = out / "knowledge" / "exports" / "step_00000008"
+    first_step8 = sha256_file(step8 / "model.safetensors")
+    ckpt = out / "knowledge" / "checkpoints" / "step_00000008"
+    with open(ckpt / "zero_pp_rank_0_mp_rank_00_optim_states.pt", "r+b") as fh:
+        fh.truncate(1000)
+    resumed = trait("train", "--config", config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref_root = root / "reference"
+    cfg = tiny_config(ref_root, tiny_model, datasets)
+    cfg["stages"] = cfg["stages"][:1]
+    cfg["stages"][0].update(token_budget=12 * TOKENS_PER_STEP)
+    reference = trait("train", "--config", write_config(ref_root, cfg))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    return {"out": out, "killed": killed, "resumed": resumed, "first_step8": first_step8,
+            "reference": ref_root / "out"}
+
+
+def test_exports_survive_resume_and_leave_the_loss_curve_alone(run):
+    out = run["out"]
+    assert run["killed"].returncode == -signal.SIGKILL
+    err = run["resumed"].stderr
+    assert "step_00000004 (step 4 of 12)" in err  # the damaged step-8 checkpoint was skipped
+    assert "removed" in err and "exports/step_00000008 (made after step 4" in err
+    assert [s for s, _ in step_exports(out / "knowledge")] == [4, 8]
+    assert [s for s, _ in step_exports(out / "task_alignment")] == [4]
+    assert not [p for p in (out / "knowledge" / "exports").iterdir() if not p.name.startswith("step_")]
+    # remade from the same weights: the resumed run reaches step 8 bit-identically
+    assert sha256_file(out / "knowledge/exports/step_00000008/model.safetensors") == run["first_step8"]
+    for stage, offset, paths in (("knowledge", 0, ["exports/step_00000004", "exports/step_00000008", "final"]),
+                                 ("task_alignment", 12 * TOKENS_PER_STEP, ["exports/step_00000004", "final"])):
+        for path in paths:
+            marker = json.loads((out / stage / path / EXPORT_MARKER).read_text())
+            tokens = marker["step"] * TOKENS_PER_STEP
+            assert marker["stage"] == stage and marker["tokens"] == tokens
+            assert marker["tokens_cumulative"] == offset + tokens
+            assert marker["stage_index"] == (stage == "task_alignment")
+    # exports do not touch the training: the same losses as a run without them
+    with_exports = [(r["step"], r["loss"]) for r in events(out, "knowledge")]
+    without = [(r["step"], r["loss"]) for r in events(run["reference"], "knowledge")]
+    assert with_exports == without and len(without) == 12
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "knowledge/exports/step_00000004").config.use_cache
+
+
+def test_trait_curves_evaluates_every_export_and_caches(run, tmp_path):
+    args = ("curves", "--run", str(run["out"]), "--tasks", "qadsm", "--limit", "4", "--output", str(tmp_path))
+    first = trait(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads((tmp_path / "curves.json").read_text())
+    points = result["points"]
+    assert [(p["stage"], p["step"]) for p in points] == [("knowledge", 4), ("knowledge", 8), ("knowledge", 12),
+                                                          ("task_alignment", 4), ("task_alignment", 8)]
+    assert [p["tokens_cumulative"] for p in points] == [2048, 4096, 6144, 8192, 10240]
+    assert result["boundaries"] == [{"stage": "task_alignment", "tokens_cumulative": 6144}]
+    for p in points:
+        acc = p["scores"]["trait_qadsm"]["acc"]
+        assert acc["n"] == 4 and acc["ci"][0] <= acc["value"] <= acc["ci"][1]
+    loss = result["loss"]
+    assert len(loss) == 20 and [r["tokens_cumulative"] for r in loss] == [512 * i for i in range(1, 21)]
+    rows = (tmp_path / "curves.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5 * len(points[0]["scores"]["trait_qadsm"])
+    from PIL import Image
+
+    with Image.open(tmp_path / "curves.png") as image:
+        image.verify()
+    with Image.open(tmp_path / "curves.png") as image:
+        assert image.format == "PNG" and image.width >= 600 and image.height >= 500
+    assert result["counts"] == {"exports": 5, "evaluated": 5, "cached": 0}
+    # a rerun evaluates only what has no cached result: here the one export whose cache is removed
+    caches = sorted((run["out"] / "task_alignment" / "final" / "evals").glob("*.json"))
+    assert len(caches) == 1
+    caches[0].unlink()
+    second = trait(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((tmp_path / "curves.json").read_text())
+    assert again["counts"] == {"exports": 5, "evaluated": 1, "cached": 4}
+    assert [p["scores"] for p in again["points"]] == [p["scores"] for p in points]  # seeded: the same scores
