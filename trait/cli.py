@@ -184,6 +184,18 @@ def _eval(args) -> dict:
     return result
 
 
+def _curves(args) -> dict:
+    from eval.curves import run_curves
+
+    return run_curves(args.run, args.tasks, args.output, backend=args.backend, limit=args.limit)
+
+
+def _datamap(args) -> dict:
+    from eval.datamap import run_datamap
+
+    return run_datamap(args.source, args.output, per_source=args.per_source, seed=args.seed)
+
+
 def _demo(args) -> dict:
     from spark_jobs.demo import run_demo
 
@@ -323,6 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "samples/trait_product_title.jsonl instead of the dataset's reference titles")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling, few-shot draws and bootstraps (default 0)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("curves", help="training curves: every export of a trainer run evaluated, score and loss "
+                       "against tokens seen, stage boundary marked (PNG, JSON, CSV; cached per export)")
+    p.add_argument("--run", required=True, help="the trainer run's output_dir (stages with export_every exports)")
+    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK", help="tasks, as for trait eval")
+    p.add_argument("--backend", choices=["hf", "vllm", "openai"], default="hf", help="as for trait eval (default hf)")
+    p.add_argument("--limit", type=int, help="at most this many items per task and export")
+    p.add_argument("--output", required=True, help="directory for curves.png, curves.json and curves.csv")
+    p.set_defaults(func=_curves)
+
+    p = sub.add_parser("datamap", help="data map: samples of each source embedded (MiniLM) and drawn in 2-D "
+                       "(t-SNE), with centroid distances and nearest-neighbour source mix")
+    p.add_argument("--source", nargs="+", required=True, metavar="NAME=PATH",
+                   help="a finished contract dataset, a .jsonl(.gz)/.json file (PATH#FIELD: the text field, default "
+                   "text), or tasks:NAME[,NAME...] (synth task problems)")
+    p.add_argument("--per-source", type=int, default=500, help="texts sampled per source (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and of t-SNE (default 0)")
+    p.add_argument("--output", required=True, help="directory for datamap.png, datamap.parquet and datamap.json")
+    p.set_defaults(func=_datamap)
 
     p = sub.add_parser("demo", help="the math selection demo on ../shared/data, end to end")
     p.add_argument("--data", default=os.environ.get("TRAIT_SHARED_DATA", "../shared/data"),
