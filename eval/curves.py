@@ -6,8 +6,8 @@ steps, then ``<run>/<stage>/final``); each export's ``trait_export.json`` says i
 the stage and across stages. The loss comes from each stage's ``metrics.jsonl`` (``event: "train"`` lines), put on
 the same token axis by the stage's offset (the tokens of the stages before it).
 
-Each export's result is cached inside it, ``<export>/evals/<key>.json``, key = sha1 of (tasks, limit, backend,
-weights' sha256): a rerun evaluates only new exports, and an export the trainer replaces takes its cache with it.
+Each export's result is cached inside it, ``<export>/evals/<key>.json``, key = sha1 of (tasks, limit, backend, the
+export's file hashes): a rerun evaluates only new exports, and an export the trainer replaces takes its cache along.
 Writes ``curves.json`` (points, loss, boundaries), ``curves.csv`` (one row per export, task and metric) and
 ``curves.png`` to the output directory.
 """
@@ -33,7 +33,7 @@ Evaluate = Callable[..., dict]
 
 def run_exports(run_dir: str | Path) -> list[dict]:
     """The run's exports in training order (stage by stage, step by step, each stage's ``final`` last), each as
-    ``{stage, stage_index, step, tokens, tokens_cumulative, model_dir, weights}``; markers are verified."""
+    ``{stage, stage_index, step, tokens, tokens_cumulative, model_dir, files}``; markers are verified."""
     run = Path(run_dir)
     config = run / "train_config.json"
     if not config.is_file():
@@ -48,9 +48,10 @@ def run_exports(run_dir: str | Path) -> list[dict]:
             if "tokens_cumulative" not in marker:
                 raise ConfigError(f"{path} was exported by an older trainer (its {path.name}/trait_export.json has "
                                   "no step or token counts); retrain the run to plot its curve")
+            # what the export holds, as its marker's file table (sha256 of every file, sharded weights included)
+            files = hashlib.sha1(json.dumps(marker["files"], sort_keys=True).encode()).hexdigest()[:16]
             points.append({**{k: marker[k] for k in ("stage", "stage_index", "step", "tokens", "tokens_cumulative")},
-                           "model_dir": str(path), "weights": marker["files"]["model.safetensors"]["sha256"]
-                           if "model.safetensors" in marker["files"] else None})
+                           "model_dir": str(path), "files": files})
     if not points:
         raise ConfigError(f"{run} has no finished exports; train it (export_every N adds exports during a stage)")
     return points
@@ -74,7 +75,7 @@ def loss_curve(run_dir: str | Path, points: list[dict]) -> list[dict]:
 
 
 def cache_key(point: dict, tasks: list[str], backend: str, limit: int | float | None) -> str:
-    settings = {"tasks": sorted(tasks), "backend": backend, "limit": limit, "weights": point["weights"]}
+    settings = {"tasks": sorted(tasks), "backend": backend, "limit": limit, "files": point["files"]}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -124,11 +125,15 @@ def plot_curves(points: list[dict], losses: list[dict], path: str | Path) -> Pat
     x = [p["tokens_cumulative"] for p in points]
     for ax, task in zip(axes, tasks):
         for metric in dict.fromkeys(m for p in points for m in p["scores"].get(task, {})):
-            rows = [(xi, p["scores"][task][metric]) for xi, p in zip(x, points) if metric in p["scores"].get(task, {})]
+            rows = [(xi, p["scores"][task][metric]) for xi, p in zip(x, points)
+                    if p["scores"].get(task, {}).get(metric, {}).get("value") is not None]  # None: not computed
+            if not rows:
+                continue
             xs, ys = [r[0] for r in rows], [r[1]["value"] for r in rows]
             line, = ax.plot(xs, ys, marker="o", label=metric)
-            ax.fill_between(xs, [r[1]["ci"][0] for r in rows], [r[1]["ci"][1] for r in rows],
-                            color=line.get_color(), alpha=0.2)
+            if all(None not in r[1]["ci"] for r in rows):
+                ax.fill_between(xs, [r[1]["ci"][0] for r in rows], [r[1]["ci"][1] for r in rows],
+                                color=line.get_color(), alpha=0.2)
         ax.set_ylabel(task)
         ax.legend(fontsize="small")
     for stage in dict.fromkeys(r["stage"] for r in losses):

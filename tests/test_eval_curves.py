@@ -15,12 +15,14 @@ import sys
 
 import pytest
 
+from eval.curves import plot_curves, run_exports
 from trainer.model import EXPORT_MARKER, sha256_file, step_exports
+from trait.config import ConfigError
 
 from .conftest import REPO
 from .training import ENV, events, tiny_config, write_config
 
-pytestmark = pytest.mark.train
+train = pytest.mark.train
 TOKENS_PER_STEP = 8 * 64
 KILL_HOOK = "TRAIT_TEST_SIGKILL_AFTER_CHECKPOINT"
 
@@ -58,6 +60,7 @@ def run(tmp_path_factory, tiny_model, datasets) -> dict:
             "reference": ref_root / "out"}
 
 
+@train
 def test_exports_survive_resume_and_leave_the_loss_curve_alone(run):
     out = run["out"]
     assert run["killed"].returncode == -signal.SIGKILL
@@ -86,6 +89,7 @@ def test_exports_survive_resume_and_leave_the_loss_curve_alone(run):
     assert AutoModelForCausalLM.from_pretrained(out / "knowledge/exports/step_00000004").config.use_cache
 
 
+@train
 def test_trait_curves_evaluates_every_export_and_caches(run, tmp_path):
     args = ("curves", "--run", str(run["out"]), "--tasks", "qadsm", "--limit", "4", "--output", str(tmp_path))
     first = trait(*args)
@@ -119,3 +123,28 @@ def test_trait_curves_evaluates_every_export_and_caches(run, tmp_path):
     again = json.loads((tmp_path / "curves.json").read_text())
     assert again["counts"] == {"exports": 5, "evaluated": 1, "cached": 4}
     assert [p["scores"] for p in again["points"]] == [p["scores"] for p in points]  # seeded: the same scores
+
+
+def test_plot_skips_scores_that_were_not_computed(tmp_path):
+    """A judge-less win rate comes back as value None (eval.run): no line for it, the other metric still drawn."""
+    def point(stage, index, step, acc):
+        return {"stage": stage, "stage_index": index, "step": step, "tokens": step * 100,
+                "tokens_cumulative": index * 400 + step * 100,
+                "scores": {"t": {"acc": {"value": acc, "ci": [acc - 0.1, acc + 0.1], "n": 4},
+                                 "win_rate": {"value": None, "ci": [None, None], "n": 0}}}}
+
+    points = [point("knowledge", 0, 2, 0.2), point("knowledge", 0, 4, 0.3), point("task_alignment", 1, 2, 0.5)]
+    losses = [{"stage": p["stage"], "step": p["step"], "tokens_cumulative": p["tokens_cumulative"], "loss": 1.0}
+              for p in points]
+    from PIL import Image
+
+    with Image.open(plot_curves(points, losses, tmp_path / "c.png")) as image:
+        assert image.format == "PNG" and image.size == (840, 624)  # 7 x 5.2 in at 120 dpi: the task's and the loss
+
+
+def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="not a trainer run"):
+        run_exports(tmp_path)
+    (tmp_path / "train_config.json").write_text(json.dumps({"stages": [{"name": "knowledge"}]}))
+    with pytest.raises(ConfigError, match="has no finished exports"):
+        run_exports(tmp_path)
