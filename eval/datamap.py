@@ -118,7 +118,7 @@ def neighbour_stats(vectors: np.ndarray, labels: np.ndarray, names: list[str], k
         near = labels[nearest[labels == i]].ravel()
         mix[a] = {b: round(float((near == j).mean()), 4) for j, b in enumerate(names)}
     return {"k": int(nearest.shape[1]), "neighbour_mix": mix,
-            "centroid_distance": {a: {b: round(float(1 - cos[i, j]), 4) for j, b in enumerate(names)}
+            "centroid_distance": {a: {b: round(max(0.0, float(1 - cos[i, j])), 4) for j, b in enumerate(names)}
                                   for i, a in enumerate(names)}}
 
 
@@ -165,6 +165,9 @@ def run_datamap(sources: list[str], output: str | Path, per_source: int = 500, s
         sample = sample_texts(path, per_source, seed)
         if not sample:
             raise ConfigError(f"source {name!r} ({path}) has no texts to sample")
+        if len(sample) < per_source:
+            log.warning("source %s has %d texts, fewer than --per-source %d: all are used", name, len(sample),
+                        per_source)
         texts += sample
         labels += [i] * len(sample)
     if embedder is None:
