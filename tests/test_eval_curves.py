@@ -148,3 +148,17 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
     (tmp_path / "train_config.json").write_text(json.dumps({"stages": [{"name": "knowledge"}]}))
     with pytest.raises(ConfigError, match="has no finished exports"):
         run_exports(tmp_path)
+
+
+def test_export_every_is_validated(tiny_model, datasets, tmp_path):
+    from trainer.config import TrainConfig
+    from trait.config import from_dict
+
+    cfg = tiny_config(tmp_path, tiny_model, datasets, export=False)
+    cfg["stages"] = cfg["stages"][:1]
+    cfg["stages"][0]["export_every"] = 4
+    with pytest.raises(ConfigError, match="export_every 4 needs export: true"):
+        from_dict(TrainConfig, cfg)
+    cfg["stages"][0]["export_every"] = -1
+    with pytest.raises(ConfigError, match="export_every must be >= 0"):
+        from_dict(TrainConfig, {**cfg, "export": True})
