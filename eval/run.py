@@ -179,22 +179,30 @@ def _judge(raw: dict, samples: dict, opts: EvalOptions, scores: dict) -> dict:
 
     wanted = [t for t in samples if (raw["configs"][t].get("metadata") or {}).get("judge") == "pairwise_title"]
     judged = {}
-    if wanted and not opts.judge:
-        for task in wanted:
-            scores[task]["win_rate"] = {"value": None, "ci": [None, None], "n": 0, "computed": False,
-                                        "reason": "no judge configured: pass --judge-endpoint URL or --judge local"}
-        return judged
     for task in wanted:
+        if not opts.judge:
+            scores[task]["win_rate"] = _not_computed("no judge configured: pass --judge-endpoint URL or --judge local")
+            continue
         rows = [{"doc": r["doc"], "output": r["extracted"]} for r in samples[task] if r["filter"] == "none"]
         config = ServerConfig(model=opts.judge_model) if opts.judge == "local" else \
             ServerConfig(endpoint=opts.judge, api_key_env=opts.judge_api_key_env, model=opts.judge_model)
-        with VllmServer(config) as server:
-            judged[task] = judge_titles(server, rows, reference_titles(opts.reference_samples, rows), seed=opts.seed,
-                                        max_concurrency=opts.num_concurrent)
+        try:
+            with VllmServer(config) as server:
+                judged[task] = judge_titles(server, rows, reference_titles(opts.reference_samples, rows),
+                                            seed=opts.seed, max_concurrency=opts.num_concurrent)
+        except UserError as exc:  # the scores already computed are kept; the win rate says why it is missing
+            log.error("judge: %s", exc)
+            scores[task]["win_rate"] = _not_computed(f"the judge failed: {exc}")
+            continue
         entry = {k: v for k, v in judged[task].items() if k != "details"}
         scores[task]["win_rate"] = {**entry, "metric": "win_rate", "filter": "none", "higher_is_better": True,
                                     "computed": True, "reference": opts.reference_samples or "dataset titles"}
     return judged
+
+
+def _not_computed(reason: str) -> dict:
+    return {"value": None, "ci": [None, None], "n": 0, "metric": "win_rate", "filter": "none", "computed": False,
+            "reason": reason}
 
 
 def _version(dist: str) -> str | None:
