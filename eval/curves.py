@@ -6,8 +6,9 @@ steps, then ``<run>/<stage>/final``); each export's ``trait_export.json`` says i
 the stage and across stages. The loss comes from each stage's ``metrics.jsonl`` (``event: "train"`` lines), put on
 the same token axis by the stage's offset (the tokens of the stages before it).
 
-Each export's result is cached inside it, ``<export>/evals/<key>.json``, key = sha1 of (tasks, limit, backend, the
-export's file hashes): a rerun evaluates only new exports, and an export the trainer replaces takes its cache along.
+Each export's result is cached inside it, ``<export>/evals/<key>.json``, key = sha1 of (tasks, limit, backend, eval
+options, the export's file hashes): a rerun evaluates only new exports, and an export the trainer replaces takes its
+cache along.
 Writes ``curves.json`` (points, loss, boundaries), ``curves.csv`` (one row per export, task and metric) and
 ``curves.png`` to the output directory.
 """
@@ -74,18 +75,19 @@ def loss_curve(run_dir: str | Path, points: list[dict]) -> list[dict]:
     return losses
 
 
-def cache_key(point: dict, tasks: list[str], backend: str, limit: int | float | None) -> str:
-    settings = {"tasks": sorted(tasks), "backend": backend, "limit": limit, "files": point["files"]}
+def cache_key(point: dict, tasks: list[str], backend: str, limit: int | float | None, options: dict) -> str:
+    settings = {"tasks": sorted(tasks), "backend": backend, "limit": limit, "files": point["files"],
+                **({"options": options} if options else {})}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def evaluate_points(points: list[dict], tasks: list[str], backend: str, limit: int | float | None,
-                    evaluate: Evaluate) -> int:
+                    evaluate: Evaluate, options: dict) -> int:
     """Fill ``point["scores"]`` ({task: {metric: {value, ci, n}}}) from the cache or ``evaluate``; returns how many
     exports were evaluated now."""
     fresh = 0
     for point in points:
-        key = cache_key(point, tasks, backend, limit)
+        key = cache_key(point, tasks, backend, limit, options)
         cached = Path(point["model_dir"]) / CACHE_DIR / f"{key}.json"
         if cached.is_file():
             point["scores"] = json.loads(cached.read_text())["tasks"]
@@ -93,11 +95,11 @@ def evaluate_points(points: list[dict], tasks: list[str], backend: str, limit: i
         log.info("evaluating %s (%s step %d) on %s", point["model_dir"], point["stage"], point["step"],
                  ", ".join(tasks))
         result = evaluate(point["model_dir"], tasks, backend=backend, limit=limit,
-                          output=str(cached.with_suffix("")))
+                          output=str(cached.with_suffix("")), **options)
         point["scores"] = result["tasks"]
         tmp = cached.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"tasks": result["tasks"], "settings": {"tasks": tasks, "backend": backend,
-                                                                          "limit": limit}}, indent=1))
+                                                                          "limit": limit, **options}}, indent=1))
         tmp.replace(cached)
         fresh += 1
     return fresh
@@ -165,15 +167,16 @@ def _write_csv(points: list[dict], path: Path) -> None:
 
 
 def run_curves(run_dir: str | Path, tasks: list[str], output: str | Path, backend: str = "hf",
-               limit: int | float | None = None, evaluate: Evaluate | None = None) -> dict:
+               limit: int | float | None = None, evaluate: Evaluate | None = None, **options) -> dict:
     """Evaluate every export of the run at ``run_dir`` (cached ones are read back) and write curves.{json,csv,png}
-    to ``output``. ``evaluate`` defaults to ``eval.run.run_eval``."""
+    to ``output``. ``evaluate`` defaults to ``eval.run.run_eval``; ``options`` (its EvalOptions: batch size,
+    max_gen_toks, ...) go to every call and into the cache key."""
     if not tasks:
         raise ConfigError("no tasks given; name at least one lm-eval task (trait eval --help lists ours)")
     if evaluate is None:
         from eval.run import run_eval as evaluate
     points = run_exports(run_dir)
-    fresh = evaluate_points(points, tasks, backend, limit, evaluate)
+    fresh = evaluate_points(points, tasks, backend, limit, evaluate, options)
     losses = loss_curve(run_dir, points)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

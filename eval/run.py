@@ -79,7 +79,8 @@ def run_eval(model: str, tasks: list[str], *, backend: str = "hf", limit: int | 
     opts = from_dict(EvalOptions, options, "eval options")
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of items per task, got {limit}")
-    manager = _KeepingTaskManager(include_path=str(TASKS_DIR))
+    # Only our task files: indexing lm-eval's thousands of built-in YAMLs costs 15-20 s a call and none is used.
+    manager = _KeepingTaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     names = resolve_tasks(tasks, manager)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -169,6 +170,9 @@ def _sample_row(sample: dict) -> dict:
 
 
 def _strip(answer):
+    """The extracted answer: a string filter's text, or the ``answer`` of a math filter's dict (eval.math_tasks)."""
+    if isinstance(answer, dict):
+        answer = answer.get("answer")
     return answer.strip() if isinstance(answer, str) else answer
 
 

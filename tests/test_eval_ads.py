@@ -81,7 +81,7 @@ def test_parse_verdict_reasons():
 
 @pytest.fixture(scope="module")
 def manager():
-    return _KeepingTaskManager(include_path=str(TASKS_DIR))
+    return _KeepingTaskManager(include_path=str(TASKS_DIR), include_defaults=False)
 
 
 def test_task_names_resolve_and_unknown_ones_list_what_exists(manager):

@@ -170,16 +170,20 @@ def _train(args) -> dict:
         sys.exit(PREEMPTED_EXIT)
 
 
+def _eval_options(args) -> dict:
+    """The eval.run.EvalOptions shared by ``trait eval`` and ``trait curves`` (see _eval_model_args)."""
+    return {"endpoint": args.endpoint, "api_key_env": args.api_key_env, "batch_size": args.batch_size,
+            "device": args.device, "num_fewshot": args.num_fewshot, "max_gen_toks": args.max_gen_toks,
+            "seed": args.seed}
+
+
 def _eval(args) -> dict:
     from eval.report import markdown_table
     from eval.run import run_eval
 
-    judge = args.judge_endpoint or args.judge
     result = run_eval(args.model, args.tasks, backend=args.backend, limit=args.limit, output=args.output,
-                      endpoint=args.endpoint, api_key_env=args.api_key_env, batch_size=args.batch_size,
-                      device=args.device, num_fewshot=args.num_fewshot, judge=judge,
-                      judge_api_key_env=args.judge_api_key_env, reference_samples=args.reference_samples,
-                      max_gen_toks=args.max_gen_toks, seed=args.seed)
+                      judge=args.judge_endpoint or args.judge, judge_api_key_env=args.judge_api_key_env,
+                      reference_samples=args.reference_samples, **_eval_options(args))
     print(markdown_table(result), end="")
     return result
 
@@ -187,7 +191,8 @@ def _eval(args) -> dict:
 def _curves(args) -> dict:
     from eval.curves import run_curves
 
-    return run_curves(args.run, args.tasks, args.output, backend=args.backend, limit=args.limit)
+    return run_curves(args.run, args.tasks, args.output, backend=args.backend, limit=args.limit,
+                      **_eval_options(args))
 
 
 def _datamap(args) -> dict:
@@ -200,6 +205,23 @@ def _demo(args) -> dict:
     from spark_jobs.demo import run_demo
 
     return run_demo(args.workdir, args.data, args.master)
+
+
+def _eval_model_args(p: argparse.ArgumentParser, limit_of: str) -> None:
+    """How ``trait eval`` and ``trait curves`` run a model: backend, endpoint, limits, batch, seed."""
+    p.add_argument("--backend", choices=["hf", "vllm", "openai"], default="hf",
+                   help="hf: transformers in this process (CPU float32, GPU bf16); vllm: a local vLLM server "
+                   "started for the run; openai: any OpenAI-compatible --endpoint (default hf)")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL for --backend openai, e.g. http://host:8000/v1")
+    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (the key itself "
+                   "is never logged or written)")
+    p.add_argument("--limit", type=int, help=f"at most this many {limit_of} (smoke runs)")
+    p.add_argument("--batch-size", type=int, default=1, help="items per forward pass or request (default 1)")
+    p.add_argument("--device", help="hf: cpu or cuda (default: cuda when available)")
+    p.add_argument("--num-fewshot", type=int, help="override the tasks' few-shot counts")
+    p.add_argument("--max-gen-toks", type=int, help="cap the new tokens of every generation task (smoke runs only: "
+                   "scores then differ from the protocol's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling, few-shot draws and bootstraps (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,19 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "model name, or a directory whose tokenizer is used and whose served name is looked up)")
     p.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
                    help="math, ads, or task names (gsm8k means trait_gsm8k); an unknown name lists the known ones")
-    p.add_argument("--backend", choices=["hf", "vllm", "openai"], default="hf",
-                   help="hf: transformers in this process (CPU float32, GPU bf16); vllm: a local vLLM server "
-                   "started for the run; openai: any OpenAI-compatible --endpoint (default hf)")
-    p.add_argument("--endpoint", help="OpenAI-compatible base URL for --backend openai, e.g. http://host:8000/v1")
-    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (the key itself "
-                   "is never logged or written)")
-    p.add_argument("--limit", type=int, help="at most this many items per task (smoke runs)")
+    _eval_model_args(p, "item per task")
     p.add_argument("--output", help="directory for results.json, results.md and samples/ (default: print only)")
-    p.add_argument("--batch-size", type=int, default=1, help="items per forward pass or request (default 1)")
-    p.add_argument("--device", help="hf: cpu or cuda (default: cuda when available)")
-    p.add_argument("--num-fewshot", type=int, help="override the tasks' few-shot counts")
-    p.add_argument("--max-gen-toks", type=int, help="cap the new tokens of every generation task (smoke runs only: "
-                   "scores then differ from the protocol's)")
     judge = p.add_mutually_exclusive_group()
     judge.add_argument("--judge-endpoint", metavar="URL", help="OpenAI-compatible URL of the LLM judging win "
                        "rates (e.g. the synth generator's)")
@@ -333,15 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-api-key-env", metavar="VAR", help="environment variable holding the judge's API key")
     p.add_argument("--reference-samples", metavar="JSONL", help="judge against another run's "
                    "samples/trait_product_title.jsonl instead of the dataset's reference titles")
-    p.add_argument("--seed", type=int, default=0, help="seed of sampling, few-shot draws and bootstraps (default 0)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("curves", help="training curves: every export of a trainer run evaluated, score and loss "
                        "against tokens seen, stage boundary marked (PNG, JSON, CSV; cached per export)")
     p.add_argument("--run", required=True, help="the trainer run's output_dir (stages with export_every exports)")
     p.add_argument("--tasks", nargs="+", required=True, metavar="TASK", help="tasks, as for trait eval")
-    p.add_argument("--backend", choices=["hf", "vllm", "openai"], default="hf", help="as for trait eval (default hf)")
-    p.add_argument("--limit", type=int, help="at most this many items per task and export")
+    _eval_model_args(p, "items per task and export")
     p.add_argument("--output", required=True, help="directory for curves.png, curves.json and curves.csv")
     p.set_defaults(func=_curves)
 
