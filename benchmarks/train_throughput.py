@@ -98,32 +98,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------- set-up
 
 
-def write_contract(path: Path, source: str, texts: list[str]) -> str:
-    """A finished contract dataset (one part, manifest, _SUCCESS); n_tokens counted in words."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from trait.contract import BASE_SCHEMA, MANIFEST_NAME, SUCCESS_MARKER, doc_id, part_name, validate_table
-
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    texts = [t for t in texts if t.strip()]
-    table = pa.table({"id": [doc_id(source, t) for t in texts], "source": [source] * len(texts), "text": texts,
-                      "url": pa.nulls(len(texts), pa.string()), "n_tokens": [len(t.split()) for t in texts]},
-                     schema=BASE_SCHEMA)
-    validate_table(table)
-    pq.write_table(table, path / part_name(0))
-    (path / MANIFEST_NAME).write_text(json.dumps({"rows": len(texts), "tokenizer": "words"}))
-    (path / SUCCESS_MARKER).write_text("")
-    return str(path)
-
-
 def set_up(args, work: Path) -> tuple[Path, dict]:
     """The model directory and the TrainConfig (as a dict); tokenises the data into the shared token cache."""
     from synth.tiny_model import TinyModelConfig, build_tiny_model
     from trainer.config import TrainConfig
     from trainer.data import prepare
     from trait.config import from_dict
+    from trait.contract import write_text_dataset
 
     model = build_tiny_model(TinyModelConfig(hidden_size=args.hidden, num_heads=args.heads, num_layers=args.layers,
                                              intermediate_size=args.intermediate,
@@ -133,7 +114,9 @@ def set_up(args, work: Path) -> tuple[Path, dict]:
     for name, rel, n, weight in SOURCES:
         with gzip.open(SHARED / "corpora" / rel, "rt", encoding="utf-8") as fh:
             texts = [json.loads(line)["text"] for line in itertools.islice(fh, n)]
-        sources.append({"name": name, "path": write_contract(work / "data" / name, name, texts), "weight": weight})
+        shutil.rmtree(work / "data" / name, ignore_errors=True)
+        sources.append({"name": name, "path": write_text_dataset(work / "data" / name, name, texts),
+                        "weight": weight})
     total = args.warmup + args.steps
     global_batch = args.micro_batch * args.grad_accum * args.procs
     cfg = {"model": str(model), "output_dir": str(work / "out"), "seed": 0, "precision": "fp32",

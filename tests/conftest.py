@@ -112,19 +112,19 @@ def datasets(tmp_path_factory) -> dict[str, str]:
     """The TRAIT sources as finished contract datasets: in-domain seed (PlanetMath), selected (OpenStax), general
     replay (Wikipedia), and synthetic task-oriented passages (GSM8K train problems with their worked solutions stand
     in for them)."""
-    from .training import write_contract
+    from trait.contract import write_text_dataset
 
     root = tmp_path_factory.mktemp("data")
     corpora = SHARED_DATA / "corpora"
     gsm8k = read_jsonl(SHARED_DATA / "benchmarks/gsm8k/train.jsonl", 400)
     return {
-        "in_domain": write_contract(root / "in_domain", "math/planetmath", [
+        "in_domain": write_text_dataset(root / "in_domain", "math/planetmath", [
             r["text"] for r in read_jsonl(corpora / "math/planetmath/planetmath_entries.jsonl.gz", 200)]),
-        "selected": write_contract(root / "selected", "math/openstax", [
+        "selected": write_text_dataset(root / "selected", "math/openstax", [
             r["text"] for r in read_jsonl(corpora / "math/openstax/college_algebra_trig_precalculus_2e.jsonl.gz",
                                           100)]),
-        "replay_general": write_contract(root / "replay_general", "wiki/enwiki-2015", [
+        "replay_general": write_text_dataset(root / "replay_general", "wiki/enwiki-2015", [
             r["text"] for r in read_jsonl(corpora / "general/enwiki_2015_part1.jsonl.gz", 100)]),
-        "synthetic": write_contract(root / "synthetic", "synth/passage_v1",
+        "synthetic": write_text_dataset(root / "synthetic", "synth/passage_v1",
                                     [f"{r['question']}\n{r['answer']}" for r in gsm8k]),
     }

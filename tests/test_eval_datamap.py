@@ -20,9 +20,10 @@ import pytest
 
 from eval.datamap import run_datamap, sample_texts
 from trait import UserError
+from trait.contract import write_text_dataset
 
 from .conftest import REPO, SHARED_DATA
-from .training import ENV, write_contract
+from .training import ENV
 
 WIKI = SHARED_DATA / "corpora/general/enwiki_2015_part1.jsonl.gz"
 
@@ -68,7 +69,7 @@ def test_sampling_is_seeded_and_reads_every_kind_of_source(datasets):
 
 
 def test_bad_sources_say_what_to_fix(tmp_path):
-    empty = write_contract(tmp_path / "empty", "x", [])
+    empty = write_text_dataset(tmp_path / "empty", "x", [])
     good = f"general={WIKI}"
     # the bad source first: it fails before the good one is read
     cases = [([f"seed={tmp_path}/missing.jsonl", good], "does not exist"),

@@ -1,5 +1,5 @@
-"""Shared by the trainer's tests (tests/test_trainer.py, tests/test_train_slurm.py): tiny contract datasets and
-training configs. The session fixtures built from them (``tiny_model``, ``datasets``) are in tests/conftest.py."""
+"""Shared by the trainer's tests (tests/test_trainer.py, tests/test_train_slurm.py): tiny training configs. The
+session fixtures (``tiny_model``, ``datasets``) are in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
-
-from trait.contract import BASE_SCHEMA, MANIFEST_NAME, SUCCESS_MARKER, doc_id, part_name, validate_table
 
 from .conftest import REPO
 
@@ -20,20 +16,6 @@ EXAMPLE = REPO / "infra" / "configs" / "train_tiny.yaml"
 # and, on a busy 2-core machine, spin-waiting OpenMP threads made steps ~15x slower (measured: 32 ms against
 # 459 ms a step). torchrun sets the same for its workers.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def write_contract(path: Path, source: str, texts: list[str]) -> str:
-    """A finished contract dataset (one part, manifest, _SUCCESS) of ``texts``; n_tokens counted in words."""
-    path.mkdir(parents=True)
-    texts = [t for t in texts if t.strip()]
-    table = pa.table({"id": [doc_id(source, t) for t in texts], "source": [source] * len(texts), "text": texts,
-                      "url": pa.nulls(len(texts), pa.string()), "n_tokens": [len(t.split()) for t in texts]},
-                     schema=BASE_SCHEMA)
-    validate_table(table)
-    pq.write_table(table, path / part_name(0))
-    (path / MANIFEST_NAME).write_text(json.dumps({"rows": len(texts), "tokenizer": "words"}))
-    (path / SUCCESS_MARKER).write_text("")
-    return str(path)
 
 
 def tiny_config(root: Path, model: Path, data: dict, **top) -> dict:

@@ -127,3 +127,25 @@ def finished_dataset(path: str, columns_needed: tuple[str, ...] = ("text",)):
     if missing:
         raise ContractError(f"{path}: column(s) {missing} not found; columns are: {', '.join(dataset.schema.names)}")
     return dataset
+
+
+def write_text_dataset(path, source: str, texts: list[str]) -> str:
+    """A small finished contract dataset of ``texts`` (one part, a manifest, ``_SUCCESS``) at the new directory
+    ``path``; ids hash (source, text), ``n_tokens`` counts words, blank texts are left out. Returns the path.
+    For fixtures and benchmarks; the pipeline's jobs write their datasets through Spark."""
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.mkdir(parents=True)
+    texts = [t for t in texts if t.strip()]
+    table = pa.table({"id": [doc_id(source, t) for t in texts], "source": [source] * len(texts), "text": texts,
+                      "url": pa.nulls(len(texts), pa.string()), "n_tokens": [len(t.split()) for t in texts]},
+                     schema=BASE_SCHEMA)
+    validate_table(table)
+    pq.write_table(table, path / part_name(0))
+    (path / MANIFEST_NAME).write_text(json.dumps({"rows": len(texts), "tokenizer": "words"}))
+    (path / SUCCESS_MARKER).write_text("")
+    return str(path)
