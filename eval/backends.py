@@ -12,6 +12,10 @@ here) or ``openai`` (any OpenAI-compatible endpoint).
   then is the tokenizer too (the served name is then read from ``/v1/models``); without a directory the
   endpoint's own ``/tokenize`` is used when it has one. The key comes from the environment variable
   ``api_key_env`` and travels only in the request header: never in a log, a repr or the results.
+- ``chat`` (vllm, openai): requests go to ``/v1/chat/completions`` as messages, the server applying the model's
+  chat template (endpoints that serve only chat models). Chat completions give no prompt log-likelihoods, so only
+  generation tasks can run that way (eval/run.py refuses the others up front). With ``hf``, ``chat`` applies the
+  tokenizer's chat template in process.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def context_length(model_dir: Path, default: int = 2048) -> int:
 
 def open_backend(stack: contextlib.ExitStack, backend: str, model: str, *, device: str | None = None,
                  batch_size: int = 1, endpoint: str | None = None, api_key_env: str | None = None,
-                 num_concurrent: int = 4, startup_timeout_s: float = 900.0, seed: int = 0) -> tuple:
+                 num_concurrent: int = 4, startup_timeout_s: float = 900.0, seed: int = 0,
+                 chat: bool = False) -> tuple:
     """``(lm, info)``: the lm-eval model, and what the results should say about it (never a key)."""
     if backend == "hf":
         return _hf(check_model_dir(model), device, batch_size)
@@ -60,7 +65,8 @@ def open_backend(stack: contextlib.ExitStack, backend: str, model: str, *, devic
         server = VllmServer(ServerConfig(model=str(model_dir), api_key_env=api_key_env,
                                          startup_timeout_s=startup_timeout_s, extra_args=["--seed", str(seed)]))
         stack.enter_context(server)
-        return _completions(server, str(model_dir), context_length(model_dir), batch_size, num_concurrent, seed), {
+        return _completions(server, str(model_dir), context_length(model_dir), batch_size, num_concurrent, seed,
+                            chat), {
             "served_model": server.model, "endpoint": f"{server.base_url}/v1 (local, stopped after the run)"}
     if backend == "openai":
         if not endpoint:
@@ -72,7 +78,7 @@ def open_backend(stack: contextlib.ExitStack, backend: str, model: str, *, devic
         server.start()  # checks the URL (GET /v1/models) and the key; starts nothing
         tokenizer = str(check_model_dir(model)) if local else None
         max_length = context_length(Path(model)) if local else 2048
-        return _completions(server, tokenizer, max_length, batch_size, num_concurrent, seed), {
+        return _completions(server, tokenizer, max_length, batch_size, num_concurrent, seed, chat), {
             "served_model": server.model, "endpoint": endpoint}
     raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
@@ -89,12 +95,16 @@ def _hf(model_dir: Path, device: str | None, batch_size: int) -> tuple:
 
 
 def _completions(server: VllmServer, tokenizer: str | None, max_length: int, batch_size: int,
-                 num_concurrent: int, seed: int):
-    from lm_eval.models.openai_completions import LocalCompletionsAPI
+                 num_concurrent: int, seed: int, chat: bool = False):
+    from lm_eval.models.openai_completions import LocalChatCompletion, LocalCompletionsAPI
 
     headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
+    common = {"model": server.model, "header": headers or None, "max_length": max_length,
+              "num_concurrent": num_concurrent, "seed": seed, "max_retries": 3}
+    if chat:  # messages in, text out: the server tokenises, so no tokenizer here (and no batching in lm-eval)
+        return LocalChatCompletion(base_url=f"{server.base_url}/v1/chat/completions", tokenizer_backend=None,
+                                   tokenized_requests=False, **common)
     kwargs = {"tokenizer": tokenizer, "tokenizer_backend": "huggingface"} if tokenizer else \
         {"tokenizer_backend": "auto"}
-    return LocalCompletionsAPI(base_url=f"{server.base_url}/v1/completions", model=server.model,
-                               header=headers or None, max_length=max_length, batch_size=batch_size,
-                               num_concurrent=num_concurrent, seed=seed, max_retries=3, **kwargs)
+    return LocalCompletionsAPI(base_url=f"{server.base_url}/v1/completions", batch_size=batch_size, **common,
+                               **kwargs)

@@ -54,6 +54,8 @@ class EvalOptions:
     max_gen_toks: int | None = field(None, help="cap every generation task's new tokens (smoke runs; the scores "
                                                 "then differ from the protocol's)")
     num_concurrent: int = field(4, help="concurrent HTTP requests (vllm, openai)")
+    chat: bool = field(False, help="prompts as chat messages with the model's chat template (vllm, openai: the "
+                                   "chat completions API, generation tasks only; hf: the tokenizer's template)")
     seed: int = field(0, help="seed of lm-eval (python, numpy, torch, few-shot sampling), the server and bootstraps")
 
 
@@ -82,13 +84,19 @@ def run_eval(model: str, tasks: list[str], *, backend: str = "hf", limit: int | 
     # Only our task files: indexing lm-eval's thousands of built-in YAMLs costs 15-20 s a call and none is used.
     manager = _KeepingTaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     names = resolve_tasks(tasks, manager)
+    if opts.chat and backend != "hf":
+        scored = _loglikelihood_tasks(names, manager)
+        if scored:
+            raise UserError(f"--chat: {', '.join(scored)} score(s) log-likelihoods, which the chat completions API "
+                            "does not return; run them without --chat (the completions API)")
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         lm, backend_info = open_backend(stack, backend, model, device=opts.device, batch_size=opts.batch_size,
                                         endpoint=opts.endpoint, api_key_env=opts.api_key_env,
-                                        num_concurrent=opts.num_concurrent, seed=opts.seed)
+                                        num_concurrent=opts.num_concurrent, seed=opts.seed, chat=opts.chat)
         raw = lm_eval.simple_evaluate(model=lm, tasks=names, limit=limit, num_fewshot=opts.num_fewshot,
                                       task_manager=manager, log_samples=True, bootstrap_iters=0,
+                                      apply_chat_template=opts.chat,
                                       gen_kwargs={"max_gen_toks": opts.max_gen_toks} if opts.max_gen_toks else None,
                                       random_seed=opts.seed, numpy_random_seed=opts.seed,
                                       torch_random_seed=opts.seed, fewshot_random_seed=opts.seed)
@@ -105,6 +113,19 @@ def run_eval(model: str, tasks: list[str], *, backend: str = "hf", limit: int | 
     if output:
         write_outputs(Path(output), result, samples, judged)
     return result
+
+
+def _loglikelihood_tasks(names: list[str], manager: TaskManager) -> list[str]:
+    """The tasks among ``names`` (groups expanded) that are not generation tasks, from the task index's configs."""
+    found, todo = [], list(names)
+    while todo:
+        entry = manager.task_index[todo.pop(0)]
+        cfg = entry.cfg or {}
+        if entry.kind.name == "GROUP":
+            todo.extend(t if isinstance(t, str) else t["task"] for t in cfg.get("task", []))
+        elif cfg.get("output_type", "generate_until") != "generate_until":
+            found.append(entry.name)
+    return found
 
 
 class _KeepingTaskManager(TaskManager):
@@ -157,7 +178,8 @@ def _group_scores(raw: dict, tasks: dict, seed: int) -> dict:
 
 def _sample_row(sample: dict) -> dict:
     """One per-sample log line: what was asked, what came back, what was extracted, and how it scored."""
-    prompts = [args[0] for args in sample["arguments"]]
+    # A chat request's prompt comes logged as a one-item list holding its messages as JSON: keep the JSON string.
+    prompts = [args[0][0] if isinstance(args[0], (list, tuple)) else args[0] for args in sample["arguments"]]
     outputs = [resp[0] for resp in sample["resps"]]
     generated = isinstance(outputs[0], str)  # else (log-likelihood, is_greedy) per choice
     return {"doc_id": sample["doc_id"], "filter": sample["filter"], "doc": sample["doc"], "target": sample["target"],

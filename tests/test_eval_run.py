@@ -102,6 +102,10 @@ def test_bad_inputs_fail_with_a_clear_message(tiny_model, tmp_path):
     no_answer = trait_eval(["--model", str(tiny_model), "--tasks", "qadsm", "--limit", "1", "--backend", "openai",
                             "--endpoint", silent])
     assert no_answer.returncode == 2 and f"could not list the models at {silent[:-3]}" in no_answer.stderr
+    # refused before any endpoint is contacted: chat completions return no prompt log-likelihoods
+    chat = trait_eval(["--model", str(tiny_model), "--tasks", "ads", "--limit", "1", "--backend", "openai",
+                       "--endpoint", silent, "--chat"])
+    assert chat.returncode == 2 and "--chat: trait_qadsm, trait_webis_ads score(s) log-likelihoods" in chat.stderr
 
 
 def test_a_judge_that_does_not_answer_leaves_the_scores(tiny_model, tmp_path):
@@ -170,3 +174,19 @@ def test_openai_backend_with_a_key_that_is_never_written(tiny_model, server, hf_
         assert secret not in path.read_text(), path
     assert secret not in done.stderr and secret not in done.stdout
 
+
+
+@pytest.mark.vllm
+@no_vllm
+def test_openai_chat_completions_run_the_generation_tasks(tiny_model, server, tmp_path):
+    """--chat: the prompts go to /v1/chat/completions as messages in the model's chat template."""
+    out = tmp_path / "chat"
+    done = trait_eval(["--model", server.model, "--tasks", "gsm8k", "product_title", "--limit", str(LIMIT),
+                       "--backend", "openai", "--endpoint", f"{server.base_url}/v1", "--chat",
+                       "--max-gen-toks", "16", "--output", str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = check_outputs(out, "openai", ["trait_gsm8k", "trait_product_title"])
+    assert result["config"]["chat"] is True
+    row = json.loads((out / "samples" / "trait_gsm8k.jsonl").read_text().splitlines()[0])
+    assert isinstance(row["output"], str) and "Question:" in row["prompt"]
+    assert json.loads(row["prompt"])[-1]["role"] == "user"  # the messages sent

@@ -174,7 +174,7 @@ def _eval_options(args) -> dict:
     """The eval.run.EvalOptions shared by ``trait eval`` and ``trait curves`` (see _eval_model_args)."""
     return {"endpoint": args.endpoint, "api_key_env": args.api_key_env, "batch_size": args.batch_size,
             "device": args.device, "num_fewshot": args.num_fewshot, "max_gen_toks": args.max_gen_toks,
-            "seed": args.seed}
+            "chat": args.chat, "seed": args.seed}
 
 
 def _eval(args) -> dict:
@@ -221,6 +221,8 @@ def _eval_model_args(p: argparse.ArgumentParser, limit_of: str) -> None:
     p.add_argument("--num-fewshot", type=int, help="override the tasks' few-shot counts")
     p.add_argument("--max-gen-toks", type=int, help="cap the new tokens of every generation task (smoke runs only: "
                    "scores then differ from the protocol's)")
+    p.add_argument("--chat", action="store_true", help="prompts as chat messages in the model's chat template "
+                   "(vllm/openai: the chat completions API, for generation tasks only)")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling, few-shot draws and bootstraps (default 0)")
 
 
