@@ -200,7 +200,9 @@ def uninterrupted(generator, tmp_path_factory) -> list[str]:
     return ids
 
 
-def test_server_killed_mid_run_fails_clearly_and_rerun_completes(uninterrupted, tmp_path):
+def start_run_to_kill(tmp_path) -> tuple:
+    """``(cfg, out, marker, cli, server)``: a generate run in its own process, once its vLLM server is up and it
+    has committed a first batch (of 10)."""
     cfg = write_config(tmp_path / "synth.yaml", KILL_RUN)
     out = tmp_path / "passages"
     marker = uuid.uuid4().hex
@@ -208,20 +210,15 @@ def test_server_killed_mid_run_fails_clearly_and_rerun_completes(uninterrupted, 
     try:
         server = wait_for("the vLLM server started", lambda: vllm_server_of(cli), START_TIMEOUT_S, cli)
         wait_for("a first committed batch", lambda: committed(out), START_TIMEOUT_S, cli)
-        os.kill(server.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        code = cli.wait(timeout=300)  # retries (2, bounded backoff) and the group's stop, never a hang
-        failed_after = time.monotonic() - killed_at
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-    err = (tmp_path / "killed.err").read_text()
-    assert code == 2, err[-3000:]
-    assert "trait: error: generator at http://127.0.0.1:" in err and "failed 3 times" in err, err[-3000:]
-    assert "Traceback" not in err
-    print(f"\nserver SIGKILLed: the run failed {failed_after:.1f} s later")
-    wait_for("no process of the run left", lambda: not marked_processes(marker), 60)
+    except BaseException:
+        cli.kill()
+        raise
+    return cfg, out, marker, cli, server
 
+
+def rerun_keeps_the_committed_and_completes(cfg: str, out: Path, uninterrupted: list[str]) -> None:
+    """Rerun the killed run: the batches it committed stay as they are, and the dataset ends up with the
+    uninterrupted run's passages, each once."""
     survivors = committed(out)
     assert 1 <= len(survivors) < 10 and not (out / "_SUCCESS").exists()
     before = digests(survivors)
@@ -236,14 +233,28 @@ def test_server_killed_mid_run_fails_clearly_and_rerun_completes(uninterrupted, 
     assert len(ids) == len(set(ids)) == 10 and sorted(ids) == sorted(uninterrupted)
 
 
-def test_generate_process_killed_mid_run_leaves_no_server_and_rerun_completes(uninterrupted, tmp_path):
-    cfg = write_config(tmp_path / "synth.yaml", KILL_RUN)
-    out = tmp_path / "passages"
-    marker = uuid.uuid4().hex
-    cli = start_cli(["synth", "generate", "--config", cfg, "--output", str(out)], tmp_path, "killed", marker)
+def test_server_killed_mid_run_fails_clearly_and_rerun_completes(uninterrupted, tmp_path):
+    cfg, out, marker, cli, server = start_run_to_kill(tmp_path)
     try:
-        server = wait_for("the vLLM server started", lambda: vllm_server_of(cli), START_TIMEOUT_S, cli)
-        wait_for("a first committed batch", lambda: committed(out), START_TIMEOUT_S, cli)
+        os.kill(server.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        code = cli.wait(timeout=300)  # retries (2, bounded backoff) and the group's stop, never a hang
+        failed_after = time.monotonic() - killed_at
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    err = (tmp_path / "killed.err").read_text()
+    assert code == 2, err[-3000:]
+    assert "trait: error: generator at http://127.0.0.1:" in err and "failed 3 times" in err, err[-3000:]
+    assert "Traceback" not in err
+    print(f"\nserver SIGKILLed: the run failed {failed_after:.1f} s later")
+    wait_for("no process of the run left", lambda: not marked_processes(marker), 60)
+    rerun_keeps_the_committed_and_completes(cfg, out, uninterrupted)
+
+
+def test_generate_process_killed_mid_run_leaves_no_server_and_rerun_completes(uninterrupted, tmp_path):
+    cfg, out, marker, cli, server = start_run_to_kill(tmp_path)
+    try:
         engine = server.children(recursive=True)
         assert engine, "the api server has no engine process"
         cli.send_signal(signal.SIGKILL)  # no cleanup code of the run can run now
@@ -258,17 +269,7 @@ def test_generate_process_killed_mid_run_leaves_no_server_and_rerun_completes(un
     print(f"\nrun SIGKILLed: its vLLM processes ({1 + len(engine)}) were gone {gone_after:.1f} s later")
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in [server, *engine])
 
-    survivors = committed(out)
-    assert 1 <= len(survivors) < 10
-    before = digests(survivors)
-    rerun = subprocess.run(TRAIT + ["synth", "generate", "--config", cfg, "--output", str(out)], cwd=REPO_ROOT,
-                           capture_output=True, text=True, timeout=START_TIMEOUT_S + 300)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    after = digests(committed(out))
-    assert {name: after[name] for name in before} == before
-    check_counts(out)
-    ids = ids_of(out)
-    assert len(ids) == len(set(ids)) == 10 and sorted(ids) == sorted(uninterrupted)
+    rerun_keeps_the_committed_and_completes(cfg, out, uninterrupted)
     # a third run finds every batch committed: it starts no server and rewrites the same dataset
     again = subprocess.run(TRAIT + ["synth", "generate", "--config", cfg, "--output", str(out)], cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=300)
