@@ -39,7 +39,7 @@ from lm_eval.tasks.minerva_math.utils import (
 
 from eval.answers import answers_equal, flexible_answer, parse_number, strict_answer
 from synth.answers import math_equal
-from trait.benchmarks import BenchmarkError, default_shared_data
+from trait.benchmarks import BenchmarkError, shared_data_file
 
 BENCHMARK_FILES = {
     "gsm8k": "benchmarks/gsm8k/test.jsonl",
@@ -147,12 +147,7 @@ DOC_BUILDERS = {"gsm8k": _gsm8k, "math": _math, "math500": _math, "svamp": _svam
 def benchmark_path(benchmark: str, shared_data: str | Path | None = None) -> Path:
     if benchmark not in BENCHMARK_FILES:
         raise BenchmarkError(f"unknown math benchmark {benchmark!r}; known: {', '.join(BENCHMARK_FILES)}")
-    root = Path(shared_data or default_shared_data())
-    path = root / BENCHMARK_FILES[benchmark]
-    if not path.is_file():
-        raise BenchmarkError(f"benchmark file {path} not found; set TRAIT_SHARED_DATA to the shared data directory "
-                             f"(now {root})")
-    return path
+    return shared_data_file(BENCHMARK_FILES[benchmark], shared_data)
 
 
 def _records(path: Path) -> list[tuple[str, dict]]:

@@ -74,6 +74,16 @@ def default_shared_data() -> str:
     return str(beside_repo) if beside_repo.is_dir() else "../shared/data"
 
 
+def shared_data_file(relative: str | Path, shared_data: str | Path | None = None) -> Path:
+    """``relative`` under the shared data dir (``shared_data``, else ``default_shared_data()``); a missing file is a
+    BenchmarkError naming the path and $TRAIT_SHARED_DATA."""
+    root = Path(shared_data or default_shared_data())
+    path = root / relative
+    if not path.is_file():
+        raise BenchmarkError(f"{path} not found; set TRAIT_SHARED_DATA to the shared data directory (now {root})")
+    return path
+
+
 @dataclass
 class FileReport:
     """What reading one file found: records seen, problems kept, malformed records by reason (with examples)."""

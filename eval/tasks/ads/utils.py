@@ -26,17 +26,14 @@ from pathlib import Path
 import datasets
 
 from eval.metrics import distinct_1, distinct_2, roc_auc  # noqa: F401  (the YAMLs' aggregations)
-from trait.benchmarks import default_shared_data
+from trait.benchmarks import shared_data_file
 
 MAX_DESCRIPTION_CHARS = 600  # ~150 tokens: a 3-shot prompt stays well inside a 2,048-token context
 OFFER = re.compile(r"COL name VAL (?P<name>.*?) COL description VAL (?P<description>.*?) COL price VAL")
 
 
 def _file(*parts: str) -> Path:
-    path = Path(default_shared_data(), "ads", *parts)
-    if not path.exists():
-        raise FileNotFoundError(f"ads task data {path} not found; set TRAIT_SHARED_DATA to the shared data directory")
-    return path
+    return shared_data_file(Path("ads", *parts))
 
 
 def _hash_order(rows: list[dict]) -> list[dict]:
