@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from trait.config import ConfigError, field, to_dict
 
-from .dataset import DatasetError, JobOutput, open_dataset, parts_glob, read_parts
+from .dataset import DatasetError, JobOutput, finished_manifest, open_dataset, parts_glob, read_parts
 from .select import value_at_cumulative
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def resolve_budget(spark, token_budget: int | None, budget_from: str | None, poo
     token count, ConfigError when it counted tokens with another tokenizer than the pool."""
     if budget_from is None:
         return {"tokens": int(token_budget), "from": None}
-    _, manifest = open_dataset(spark, budget_from)
+    manifest = finished_manifest(spark, budget_from)
     tokens = manifest.get("counts", {}).get("tokens_out")
     if not isinstance(tokens, int) or tokens < 0:
         raise DatasetError(f"{budget_from}: its manifest has no counts.tokens_out; give a selection made by "

@@ -55,13 +55,19 @@ def read_parts(spark, path: str):
     return spark.read.option("pathGlobFilter", "part-*.parquet").parquet(path.rstrip("/"))
 
 
-def open_dataset(spark, path: str):
-    """(DataFrame, manifest) of a finished dataset; raises DatasetError when ``path`` has no ``_SUCCESS``."""
+def finished_manifest(spark, path: str) -> dict:
+    """The manifest of a finished dataset; raises DatasetError when ``path`` has no ``_SUCCESS``."""
     fs = HadoopFS(spark)
     base = path.rstrip("/")
     if not fs.exists(f"{base}/{SUCCESS_MARKER}"):
         raise DatasetError(f"{path} is not a finished dataset (no {SUCCESS_MARKER}); run the job that makes it")
-    return read_parts(spark, base), json.loads(fs.read_text(f"{base}/{MANIFEST_NAME}"))
+    return json.loads(fs.read_text(f"{base}/{MANIFEST_NAME}"))
+
+
+def open_dataset(spark, path: str):
+    """(DataFrame, manifest) of a finished dataset; raises DatasetError when ``path`` has no ``_SUCCESS``."""
+    manifest = finished_manifest(spark, path)
+    return read_parts(spark, path.rstrip("/")), manifest
 
 
 def fingerprint(spark, job: str, config: dict, input_globs: list[str]) -> tuple[str, list[dict]]:

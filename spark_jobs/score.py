@@ -8,6 +8,10 @@ loaded once per worker by ``shipped``), and writes one Parquet file of every inp
 Measured on one core, this keeps the job within a few percent of raw fastText; Spark's DataFrame reader and
 writer, with the Arrow round trip of ``mapInArrow``, added ~20 % (benchmarks/score_throughput.py).
 
+No Spark SQL runs at all: the input's schema and row count come from its Parquet footers, and the statistics
+from the written part files, read with pyarrow in the Python workers. A SQL pass costs little in a warm JVM but
+seconds of planning, code generation and JIT compilation in a fresh one, on the cores the scoring needs.
+
 Commit: each task attempt writes ``_attempts/<split>-<uuid>.parquet`` under staging and returns its name; the
 driver renames the files of the successful attempts, in split order, to ``part-NNNNN.parquet`` and deletes the
 rest, so a retried or lost task leaves nothing behind. Scoring never drops a row: a text that normalises to
@@ -29,7 +33,7 @@ from trait.contract import part_name
 
 from . import shipped
 from .classifier import load_card, positive_probability
-from .dataset import JobOutput, open_dataset, parts_glob, read_parts
+from .dataset import JobOutput, finished_manifest, parts_glob
 from .fs import HadoopFS, arrow_filesystem
 from .text import normalise
 
@@ -91,15 +95,14 @@ def _row_groups_in(metadata, start: int, end: int) -> list[int]:
     return groups
 
 
-def output_schema(input_files: list[str], columns: list[str]) -> pa.Schema:
-    """The input's Arrow schema plus a float32 field per score column, without Spark's schema metadata (which
-    describes the input columns only: Spark would read the output without the scores)."""
+def read_schema(uri: str) -> pa.Schema:
+    """Arrow schema of one Parquet file, without Spark's schema metadata (which describes the input columns
+    only: Spark would read the output without the scores)."""
     import pyarrow.parquet as pq
 
-    fs, path = arrow_filesystem(input_files[0])
+    fs, path = arrow_filesystem(uri)
     with fs.open_input_file(path) as source:
-        fields = list(pq.ParquetFile(source).schema_arrow)
-    return pa.schema(fields + [pa.field(c, pa.float32()) for c in columns])
+        return pa.schema(list(pq.ParquetFile(source).schema_arrow))
 
 
 def _writer(sink, schema: pa.Schema):
@@ -111,17 +114,20 @@ def _writer(sink, schema: pa.Schema):
 
 def score_split(split: tuple[int, str, int, int], models: list[tuple[str, str]], schema: pa.Schema, staging: str,
                 batch_rows: int) -> dict:
-    """Executor side: score the row groups of one split into one attempt file; return its name and row count.
-    Output row groups are the input's (16 MiB from ingest), so memory per task is one row group."""
+    """Executor side: score the row groups of one split into one attempt file; return its name and row count,
+    and (from the split at the start of its file) the file's row count in its footer, so the driver counts the
+    rows in without a pass of its own. Output row groups are the input's (16 MiB from ingest), so memory per
+    task is one row group."""
     import pyarrow.parquet as pq
 
     index, uri, start, end = split
     fs, path = arrow_filesystem(uri)
     with fs.open_input_file(path) as source:
         reader = pq.ParquetFile(source)
+        result = {"index": index, "file": None, "rows": 0, "file_rows": reader.metadata.num_rows if start == 0 else 0}
         groups = [g for g in _row_groups_in(reader.metadata, start, end) if reader.metadata.row_group(g).num_rows]
         if not groups:
-            return {"index": index, "file": None, "rows": 0}
+            return result
         loaded = [(column, shipped.fasttext_model(name)) for column, name in models]
         out_fs, out_dir = arrow_filesystem(f"{staging}/{ATTEMPTS_DIR}")
         out_fs.create_dir(out_dir, recursive=True)
@@ -133,28 +139,43 @@ def score_split(split: tuple[int, str, int, int], models: list[tuple[str, str]],
                 batches = [score_batch(b, loaded) for b in table.to_batches(max_chunksize=batch_rows)]
                 writer.write_table(pa.Table.from_batches(batches).cast(schema), row_group_size=table.num_rows)
                 rows += table.num_rows
-    return {"index": index, "file": name, "rows": rows}
+    return {**result, "file": name, "rows": rows}
+
+
+def part_stats(uri: str, columns: list[str]) -> list[dict]:
+    """Executor side: per source in one written part file, its rows, tokens, and each score's sum and non-null
+    count (sums and counts, not means, so the driver can add them up)."""
+    import pyarrow.parquet as pq
+
+    fs, path = arrow_filesystem(uri)
+    with fs.open_input_file(path) as source:
+        table = pq.read_table(source, columns=["source", "n_tokens", *columns], use_threads=False)
+    aggregates = [([], "count_all"), ("n_tokens", "sum")] + [(c, f) for c in columns for f in ("sum", "count")]
+    return table.group_by("source").aggregate(aggregates).to_pylist()
 
 
 def score_stats(spark, path: str, columns: list[str], rows_in: int) -> dict:
-    """Rows by source and each score's mean and null count, aggregated over the written output."""
-    from pyspark.sql import functions as F
-
-    aggs = [F.count("*").alias("rows"), F.sum("n_tokens").alias("tokens")]
-    for c in columns:
-        aggs += [F.avg(c).alias(f"{c}__mean"), F.sum(F.col(c).isNull().cast("long")).alias(f"{c}__nulls")]
-    by_source = {}
-    for r in read_parts(spark, path).groupBy("source").agg(*aggs).collect():
-        by_source[r["source"]] = {"rows": r["rows"], "tokens": r["tokens"],
-                                  **{f"{c}_mean": r[f"{c}__mean"] for c in columns},
-                                  **{f"{c}_nulls": r[f"{c}__nulls"] for c in columns}}
+    """Rows by source and each score's mean and null count, aggregated over the written part files."""
+    parts = [uri for uri, _, _ in HadoopFS(spark).glob(parts_glob(path))]
+    totals: dict = {}
+    groups = spark.sparkContext.parallelize(parts, max(1, len(parts))).flatMap(
+        functools.partial(part_stats, columns=columns)).collect()
+    for group in groups:
+        total = totals.setdefault(group.pop("source"), dict.fromkeys(group, 0))
+        for key, value in group.items():
+            total[key] += value or 0  # a sum over nothing but nulls is null
+    by_source = {source: {"rows": t["count_all"], "tokens": t["n_tokens_sum"],
+                          **{f"{c}_mean": t[f"{c}_sum"] / t[f"{c}_count"] if t[f"{c}_count"] else None
+                             for c in columns},
+                          **{f"{c}_nulls": t["count_all"] - t[f"{c}_count"] for c in columns}}
+                 for source, t in totals.items()}
     return {"rows_in": rows_in, "rows_out": sum(v["rows"] for v in by_source.values()), "rows_quarantined": 0,
             "tokens_out": sum(v["tokens"] or 0 for v in by_source.values()), "by_source": by_source}
 
 
 def run_score(spark, config: ScoreConfig, input_path: str, output: str, overwrite: bool = False) -> dict:
     """Score the finished dataset at ``input_path`` with every classifier; write all rows to ``output``."""
-    df, upstream = open_dataset(spark, input_path)
+    upstream = finished_manifest(spark, input_path)
     cards = [load_card(m) for m in config.models]
     columns = [card["score_column"] for card, _ in cards]
     if len(set(columns)) != len(columns):
@@ -163,12 +184,13 @@ def run_score(spark, config: ScoreConfig, input_path: str, output: str, overwrit
                     [parts_glob(input_path), *[str(b) for _, b in cards]], overwrite)
     if (done := job.finished()) is not None:
         return done
-    clash = [c for c in columns if c in df.columns]
+    files = [(f["path"], f["bytes"]) for f in job.input_files if f["path"].endswith(".parquet")]
+    schema = read_schema(files[0][0])
+    clash = [c for c in columns if c in schema.names]
     if clash:
         raise ConfigError(f"{input_path} already has column(s) {clash}; score the unscored dataset or bump the "
                           "classifier version")
     models = [(card["score_column"], shipped.ship(spark, str(bin_path))) for card, bin_path in cards]
-    files = [(f["path"], f["bytes"]) for f in job.input_files if f["path"].endswith(".parquet")]
     sc = spark.sparkContext
     total = sum(size for _, size in files)
     split_bytes = config.split_bytes or min(MAX_SPLIT_BYTES, max(MIN_SPLIT_BYTES,
@@ -176,13 +198,13 @@ def run_score(spark, config: ScoreConfig, input_path: str, output: str, overwrit
     splits = plan_splits(files, split_bytes)
     log.info("score: %d files, %.1f MB in %d splits of <= %.1f MB", len(files), total / 1e6, len(splits),
              split_bytes / 1e6)
-    schema = output_schema([uri for uri, _ in files], columns)
-    rows_in = df.count()
+    schema = pa.schema(list(schema) + [pa.field(c, pa.float32()) for c in columns])
     staging = job.begin()
     sc.setJobDescription(f"trait score: {len(splits)} splits of {input_path}")
     task = functools.partial(score_split, models=models, schema=schema, staging=staging,
                              batch_rows=config.batch_rows)
     results = sc.parallelize(splits, len(splits)).map(task).collect()
+    rows_in = sum(r["file_rows"] for r in results)
     written = [r for r in sorted(results, key=lambda r: r["index"]) if r["file"]]
     fs = HadoopFS(spark)
     for number, result in enumerate(written):

@@ -47,6 +47,14 @@ def test_manifest_counts_come_from_the_written_rows(scored, small_corpus):
     manifest = json.loads((Path(scored) / "manifest.json").read_text())
     counts = manifest["counts"]
     assert counts["rows_in"] == counts["rows_out"] == finished_dataset(small_corpus["pool"]).count_rows()
+    out = finished_dataset(scored).to_table()
+    for source, got in counts["by_source"].items():
+        rows = out.filter(pa.compute.equal(out.column("source"), source))
+        assert got["rows"] == rows.num_rows and got["tokens"] == pa.compute.sum(rows.column("n_tokens")).as_py()
+        for column in manifest["score_columns"]:
+            assert got[f"{column}_nulls"] == rows.column(column).null_count
+            mean = np.mean(rows.column(column).drop_null(), dtype=np.float64)
+            assert got[f"{column}_mean"] == pytest.approx(mean, rel=1e-9)
     assert set(counts["by_source"]) == {"wiki/enwiki-2015", "web/pile"}
     assert manifest["score_columns"] == ["score_domain_math_v1", "score_quality_edu_v1"]
     assert manifest["classifiers"]["score_domain_math_v1"]["heldout_metrics"]["roc_auc"] > 0.9
@@ -54,6 +62,22 @@ def test_manifest_counts_come_from_the_written_rows(scored, small_corpus):
     parts = [n for n in names if n.startswith("part-")]
     assert names == ["_SUCCESS", "manifest.json", *parts]
     assert parts == [f"part-{i:05d}.parquet" for i in range(len(parts))]
+
+
+def test_statistics_are_the_aggregate_of_the_written_part_files(spark, tmp_path):
+    """Sums and non-null counts per part file, added up on the driver: the means and null counts must be those of
+    the whole output, including a source split across files and a score that is null for every row of a source."""
+    from spark_jobs.score import score_stats
+
+    parts = [{"source": ["a", "a", "b"], "n_tokens": [3, 5, 7], "s": [0.5, None, None]},
+             {"source": ["a", "c"], "n_tokens": [2, 4], "s": [0.25, 1.0]}]
+    for i, part in enumerate(parts):
+        pq.write_table(pa.table({**part, "s": pa.array(part["s"], pa.float32())}), tmp_path / f"part-{i:05d}.parquet")
+    stats = score_stats(spark, str(tmp_path), ["s"], rows_in=5)
+    assert stats["rows_in"] == stats["rows_out"] == 5 and stats["tokens_out"] == 21
+    assert stats["by_source"] == {"a": {"rows": 3, "tokens": 10, "s_mean": 0.375, "s_nulls": 1},
+                                  "b": {"rows": 1, "tokens": 7, "s_mean": None, "s_nulls": 1},
+                                  "c": {"rows": 1, "tokens": 4, "s_mean": 1.0, "s_nulls": 0}}
 
 
 def test_a_text_with_nothing_to_score_gets_a_null_score(classifiers):
