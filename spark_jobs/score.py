@@ -157,8 +157,10 @@ def part_stats(uri: str, columns: list[str]) -> list[dict]:
 def score_stats(spark, path: str, columns: list[str], rows_in: int) -> dict:
     """Rows by source and each score's mean and null count, aggregated over the written part files."""
     parts = [uri for uri, _, _ in HadoopFS(spark).glob(parts_glob(path))]
+    sc = spark.sparkContext
     totals: dict = {}
-    groups = spark.sparkContext.parallelize(parts, max(1, len(parts))).flatMap(
+    # A task per core, not per part: each part takes milliseconds to read (a few small columns), a task ~60 ms.
+    groups = sc.parallelize(parts, max(1, min(len(parts), sc.defaultParallelism))).flatMap(
         functools.partial(part_stats, columns=columns)).collect()
     for group in groups:
         total = totals.setdefault(group.pop("source"), dict.fromkeys(group, 0))

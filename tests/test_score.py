@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,8 +43,6 @@ def test_every_row_is_scored_as_raw_fasttext_scores_it(scored, small_corpus, cla
 
 
 def test_manifest_counts_come_from_the_written_rows(scored, small_corpus):
-    import json
-
     manifest = json.loads((Path(scored) / "manifest.json").read_text())
     counts = manifest["counts"]
     assert counts["rows_in"] == counts["rows_out"] == finished_dataset(small_corpus["pool"]).count_rows()
@@ -165,3 +164,19 @@ def test_a_job_killed_half_way_and_rerun_gives_the_uninterrupted_output(spark, c
     assert len(killed) == len(clean) > 1
     assert all(a.equals(b) for a, b in zip(killed, clean))
     assert not (tmp_path / "killed._staging").exists()
+
+
+def _jvm_arguments(spark) -> list[str]:
+    return list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+
+
+def test_the_score_session_runs_its_local_jvm_without_c2(spark):
+    """`trait score` asks for a scheduler-only session (its JVM compiles nothing worth C2); other jobs keep C2."""
+    from spark_jobs.session import SCHEDULER_ONLY_JAVA_OPTIONS
+
+    code = ("import json; from spark_jobs.session import get_spark; from tests.test_score import _jvm_arguments; "
+            "print(json.dumps(_jvm_arguments(get_spark('t', 'local[1]', scheduler_only=True))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert SCHEDULER_ONLY_JAVA_OPTIONS in json.loads(out.stdout.strip().splitlines()[-1])
+    assert SCHEDULER_ONLY_JAVA_OPTIONS not in _jvm_arguments(spark)

@@ -73,7 +73,8 @@ def _score(args) -> dict:
     from spark_jobs.session import get_spark
 
     cfg = _config(ScoreConfig, args.config, {"models": args.model})
-    return run_score(get_spark("trait-score", args.master), cfg, args.input, args.output, args.overwrite)
+    return run_score(get_spark("trait-score", args.master, scheduler_only=True), cfg, args.input, args.output,
+                     args.overwrite)
 
 
 def _select(args) -> dict:
