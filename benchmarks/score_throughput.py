@@ -234,6 +234,8 @@ def report(corpus: dict, rounds: list[dict]) -> tuple[list[str], dict]:
         ratios[run] = {"spark1_over_raw": one, "spark2_over_spark1": two}
         lines.append(f"{run}: spark 1 core / raw = {one:.3f} ({'PASS' if one >= 0.9 else 'FAIL'}, goal >= 0.9); "
                      f"spark 2 cores / 1 core = {two:.3f} ({'PASS' if two >= 1.8 else 'FAIL'}, goal >= 1.8)")
+        paired = [r["raw"]["seconds"] / r["spark-1"][run]["seconds"] for r in rounds]
+        lines.append(f"  spark 1 core / raw within each round: {', '.join(f'{x:.3f}' for x in paired)}")
     return lines, ratios
 
 
