@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=DEFAULT_DOCS, help="corpus size in documents (~11.5 KB each)")
     parser.add_argument("--sizes", help="comma-separated corpus sizes of the memory check (default: docs/4,docs)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory check")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each figure is the best")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each figure is the best")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_DOCS:,} documents, one round: a smoke test")
     parser.add_argument("--work", default=str(REPO / ".bench"), help="work dir (corpora, models, results)")
     parser.add_argument("--data", default=os.environ.get("TRAIT_SHARED_DATA", str(REPO.parent / "shared" / "data")))
