@@ -5,8 +5,8 @@ byte-range splits, as Spark's own Parquet reader cuts them (a row group belongs 
 midpoint), and each split is one task. A task runs in a Python worker: it reads its row groups with pyarrow,
 scores them an Arrow batch at a time with the classifiers shipped with the job (``SparkContext.addFile``,
 loaded once per worker by ``shipped``), and writes one Parquet file of every input row plus the score columns.
-Measured on one core, this keeps the job within a few percent of raw fastText; Spark's DataFrame reader and
-writer, with the Arrow round trip of ``mapInArrow``, added ~20 % (benchmarks/score_throughput.py).
+Measured on one core, the job costs ~10 % more than raw fastText (mostly Parquet's zstd); Spark's DataFrame
+reader and writer, with the Arrow round trip of ``mapInArrow``, added ~20 % (benchmarks/score_throughput.py).
 
 No Spark SQL runs at all: the input's schema and row count come from its Parquet footers, and the statistics
 from the written part files, read with pyarrow in the Python workers. A SQL pass costs little in a warm JVM but
