@@ -35,6 +35,7 @@ from . import shipped
 from .classifier import load_card, positive_probability
 from .dataset import JobOutput, finished_manifest, parts_glob
 from .fs import HadoopFS, arrow_filesystem
+from .parquet_append import ColumnAppender
 from .text import normalise
 
 log = logging.getLogger(__name__)
@@ -59,19 +60,20 @@ class ScoreConfig:
             raise ConfigError(f"batch_rows must be positive, got {self.batch_rows}")
 
 
-def score_batch(batch: pa.RecordBatch, models: list[tuple[str, object]]) -> pa.RecordBatch:
-    """``batch`` with one float32 column per ``(column, loaded fastText model)``: P(positive) of its text."""
-    texts = [normalise(t) for t in batch.column("text").to_pylist()]
-    present = np.fromiter((bool(t) for t in texts), dtype=bool, count=len(texts))
-    scored = [t for t in texts if t]
-    columns = []
-    for _, model in models:
-        values = np.zeros(len(texts), dtype=np.float32)
-        if scored:
-            values[present] = positive_probability(model, scored)
-        columns.append(pa.array(values, type=pa.float32(), mask=~present))
-    return pa.RecordBatch.from_arrays(list(batch.columns) + columns,
-                                      names=batch.schema.names + [c for c, _ in models])
+def score_texts(texts: pa.ChunkedArray, models: list[tuple[str, object]], batch_rows: int) -> pa.Table:
+    """One float32 column per ``(column, loaded fastText model)``: P(positive) of each text, ``batch_rows`` texts
+    at a time; null where the text normalises to nothing."""
+    values = {column: np.zeros(len(texts), dtype=np.float32) for column, _ in models}
+    present = np.zeros(len(texts), dtype=bool)
+    for start in range(0, len(texts), batch_rows):
+        normalised = [normalise(t) for t in texts.slice(start, batch_rows).to_pylist()]
+        end = start + len(normalised)
+        present[start:end] = np.fromiter(map(bool, normalised), dtype=bool, count=len(normalised))
+        scored = [t for t in normalised if t]
+        for column, model in models:
+            if scored:
+                values[column][start:end][present[start:end]] = positive_probability(model, scored)
+    return pa.table({column: pa.array(v, type=pa.float32(), mask=~present) for column, v in values.items()})
 
 
 def plan_splits(files: list[tuple[str, int]], split_bytes: int) -> list[tuple[int, str, int, int]]:
@@ -105,41 +107,37 @@ def read_schema(uri: str) -> pa.Schema:
         return pa.schema(list(pq.ParquetFile(source).schema_arrow))
 
 
-def _writer(sink, schema: pa.Schema):
-    import pyarrow.parquet as pq
-
-    # No dictionary for `text`: documents are unique, so a dictionary would be built per row group and dropped.
-    return pq.ParquetWriter(sink, schema, compression="zstd", use_dictionary=[n for n in schema.names if n != "text"])
-
-
 def score_split(split: tuple[int, str, int, int], models: list[tuple[str, str]], schema: pa.Schema, staging: str,
                 batch_rows: int) -> dict:
     """Executor side: score the row groups of one split into one attempt file; return its name and row count,
     and (from the split at the start of its file) the file's row count in its footer, so the driver counts the
-    rows in without a pass of its own. Output row groups are the input's (16 MiB from ingest), so memory per
-    task is one row group."""
+    rows in without a pass of its own. Only ``text`` is decoded; each output row group is the input's column
+    chunks, copied, plus the scores (``ColumnAppender``), so memory per task is one row group's text."""
     import pyarrow.parquet as pq
 
     index, uri, start, end = split
     fs, path = arrow_filesystem(uri)
+    added = pa.schema([schema.field(column) for column, _ in models])
     with fs.open_input_file(path) as source:
         reader = pq.ParquetFile(source)
         result = {"index": index, "file": None, "rows": 0, "file_rows": reader.metadata.num_rows if start == 0 else 0}
         groups = [g for g in _row_groups_in(reader.metadata, start, end) if reader.metadata.row_group(g).num_rows]
         if not groups:
             return result
+        if not pa.schema(list(reader.schema_arrow) + list(added)).equals(schema):
+            raise ConfigError(f"{uri} has schema {reader.schema_arrow}, unlike the input's first part file "
+                              f"({pa.schema(list(schema)[:-len(added)])}); a dataset's part files share one schema")
         loaded = [(column, shipped.fasttext_model(name)) for column, name in models]
         out_fs, out_dir = arrow_filesystem(f"{staging}/{ATTEMPTS_DIR}")
         out_fs.create_dir(out_dir, recursive=True)
         name = f"{index:05d}-{uuid.uuid4().hex}.parquet"
-        rows = 0
-        with out_fs.open_output_stream(f"{out_dir}/{name}") as sink, _writer(sink, schema) as writer:
+        with out_fs.open_output_stream(f"{out_dir}/{name}") as sink:
+            appender = ColumnAppender(source, sink, added, schema)
             for group in groups:
-                table = reader.read_row_group(group, use_threads=False)  # a task is one core's work
-                batches = [score_batch(b, loaded) for b in table.to_batches(max_chunksize=batch_rows)]
-                writer.write_table(pa.Table.from_batches(batches).cast(schema), row_group_size=table.num_rows)
-                rows += table.num_rows
-    return {**result, "file": name, "rows": rows}
+                text = reader.read_row_group(group, columns=["text"], use_threads=False).column("text")
+                appender.write_row_group(group, score_texts(text, loaded, batch_rows))
+            appender.close()
+    return {**result, "file": name, "rows": sum(reader.metadata.row_group(g).num_rows for g in groups)}
 
 
 def part_stats(uri: str, columns: list[str]) -> list[dict]:
@@ -213,10 +211,12 @@ def run_score(spark, config: ScoreConfig, input_path: str, output: str, overwrit
         fs.rename(f"{staging}/{ATTEMPTS_DIR}/{result['file']}", f"{staging}/{part_name(number)}")
     fs.delete(f"{staging}/{ATTEMPTS_DIR}")  # attempts of failed or killed tasks
     if not written:  # an empty corpus still gives a readable, typed dataset
+        import pyarrow.parquet as pq
+
         out_fs, out_dir = arrow_filesystem(staging)
         out_fs.create_dir(out_dir, recursive=True)
-        with out_fs.open_output_stream(f"{out_dir}/{part_name(0)}") as sink, _writer(sink, schema):
-            pass
+        with out_fs.open_output_stream(f"{out_dir}/{part_name(0)}") as sink:
+            pq.ParquetWriter(sink, schema, compression="zstd").close()
     return job.commit(stats=lambda s, p: score_stats(s, p, columns, rows_in),
                       extra={"tokenizer": upstream.get("tokenizer"), "score_columns": columns,
                              "splits": len(splits), "split_bytes": split_bytes,

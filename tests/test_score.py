@@ -18,7 +18,7 @@ import pytest
 
 from spark_jobs.classifier import load_card, positive_probability
 from spark_jobs.dataset import DatasetError
-from spark_jobs.score import ATTEMPTS_DIR, ScoreConfig, run_score, score_batch
+from spark_jobs.score import ATTEMPTS_DIR, ScoreConfig, run_score, score_texts
 from spark_jobs.text import normalise
 from trait.config import ConfigError, from_dict
 from trait.contract import finished_dataset, validate_table
@@ -80,11 +80,14 @@ def test_statistics_are_the_aggregate_of_the_written_part_files(spark, tmp_path)
 
 
 def test_a_text_with_nothing_to_score_gets_a_null_score(classifiers):
-    card, bin_path = load_card(classifiers[0])
-    batch = pa.RecordBatch.from_pydict({"text": ["a theorem on groups", " \u2003\n", "x"]})
-    out = score_batch(batch, [("score_domain_math_v1", fasttext.load_model(str(bin_path)))])
-    scores = out.column("score_domain_math_v1")
-    assert scores.type == pa.float32() and scores.null_count == 1 and not scores[1].is_valid
+    """Batches of 2: the empty texts fall in both batches, and each score stays on its own row."""
+    _, bin_path = load_card(classifiers[0])
+    model = fasttext.load_model(str(bin_path))
+    texts = ["a theorem on groups", " \u2003\n", "x", "\n", "the Sylow theorems"]
+    scores = score_texts(pa.chunked_array([texts[:3], texts[3:]]), [("score_domain_math_v1", model)], 2).column(0)
+    assert scores.type == pa.float32() and scores.null_count == 2 and not scores[1].is_valid and not scores[3].is_valid
+    expected = positive_probability(model, [normalise(texts[i]) for i in (0, 2, 4)])
+    assert np.array_equal(scores.take([0, 2, 4]).to_numpy(), expected)
 
 
 def test_splits_smaller_than_row_groups_score_every_row_once(spark, scored, small_corpus, classifiers, tmp_path):
