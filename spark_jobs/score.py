@@ -2,11 +2,14 @@
 
 Spark plans and schedules the work; the bytes never pass through the JVM. The input's part files are cut into
 byte-range splits, as Spark's own Parquet reader cuts them (a row group belongs to the split holding its
-midpoint), and each split is one task. A task runs in a Python worker: it reads its row groups with pyarrow,
-scores them an Arrow batch at a time with the classifiers shipped with the job (``SparkContext.addFile``,
-loaded once per worker by ``shipped``), and writes one Parquet file of every input row plus the score columns.
-Measured on one core, the job costs ~10 % more than raw fastText (mostly Parquet's zstd); Spark's DataFrame
-reader and writer, with the Arrow round trip of ``mapInArrow``, added ~20 % (benchmarks/score_throughput.py).
+midpoint), and each split is one task. A task runs in a Python worker: it decodes the ``text`` of its row
+groups with pyarrow, scores it an Arrow batch at a time with the classifiers shipped with the job
+(``SparkContext.addFile``, loaded once per worker by ``shipped``), and writes one Parquet file of every input row
+plus the score columns: the input's column chunks copied as they are, the scores appended (``parquet_append``).
+The text chunk is read twice (decoded, then copied): from the page cache here, twice the bytes from object
+storage. Measured on one core, the job costs 3-6 % more than raw fastText (the text's zstd decompression, the
+first job's start); re-encoding the output had cost ~5 % more, and Spark's DataFrame reader and writer, with the
+Arrow round trip of ``mapInArrow``, ~20 % (benchmarks/score_throughput.py).
 
 No Spark SQL runs at all: the input's schema and row count come from its Parquet footers, and the statistics
 from the written part files, read with pyarrow in the Python workers. A SQL pass costs little in a warm JVM but

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,16 @@ def test_bad_inputs_are_refused_clearly(spark, scored, small_corpus, classifiers
     with pytest.raises(ConfigError, match="no card.json"):
         run_score(spark, from_dict(ScoreConfig, {"models": [str(tmp_path)]}), small_corpus["pool"],
                   str(tmp_path / "o4"))
+    # Part files copied as they are must share one schema: a part whose n_tokens became int32 is named.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(small_corpus["pool"], mixed)
+    last = sorted(mixed.glob("part-*.parquet"))[-1]
+    table = pq.read_table(last)
+    pq.write_table(table.set_column(table.schema.get_field_index("n_tokens"), "n_tokens",
+                                    table["n_tokens"].cast(pa.int32())), last)
+    with pytest.raises(Exception, match=f"(?s){last.name} has schema .*n_tokens: int32.*a dataset's part files share"):
+        run_score(spark, cfg, str(mixed), str(tmp_path / "o5"))
+    assert not (tmp_path / "o5" / "_SUCCESS").exists()
 
 
 def _tables(path):
