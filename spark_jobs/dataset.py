@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from trait import UserError, __version__
-from trait.contract import CONTRACT_VERSION, MANIFEST_NAME, QUARANTINE_DIR, SUCCESS_MARKER, part_name
+from trait.contract import CONTRACT_VERSION, MANIFEST_NAME, QUARANTINE_DIR, QUARANTINE_SCHEMA, SUCCESS_MARKER, part_name
 
 from .fs import HadoopFS
 
@@ -53,6 +53,18 @@ def read_parts(spark, path: str):
     A filter rather than a glob path: Spark probes a glob path as a file and logs a stack trace when it is not one;
     ``_quarantine`` and other ``_`` directories are skipped by Spark's file listing."""
     return spark.read.option("pathGlobFilter", "part-*.parquet").parquet(path.rstrip("/"))
+
+
+def read_quarantine(spark, path: str):
+    """DataFrame over the quarantine of the dataset (finished or staging) at ``path``, read with the contract's
+    quarantine schema: a run without bad rows may leave no file to infer it from. The part files are named one by
+    one: Spark takes a root path whose name starts with ``_`` for a hidden one and warns "All paths were ignored"
+    (it reads it all the same)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    schema = from_arrow_schema(QUARANTINE_SCHEMA)
+    parts = [uri for uri, _, _ in HadoopFS(spark).glob(parts_glob(f"{path.rstrip('/')}/{QUARANTINE_DIR}"))]
+    return spark.read.schema(schema).parquet(*parts) if parts else spark.createDataFrame([], schema)
 
 
 def finished_manifest(spark, path: str) -> dict:

@@ -22,11 +22,10 @@ import time
 import pyarrow as pa
 
 from trait.config import to_dict
-from trait.contract import QUARANTINE_DIR, QUARANTINE_SCHEMA
 from trait.decontam import HASH_VERSION, DecontamConfig, NgramIndex, build_index
 
 from . import shipped
-from .dataset import DatasetError, JobOutput, open_dataset, parts_glob
+from .dataset import DatasetError, JobOutput, open_dataset, parts_glob, read_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +68,10 @@ def decontam_stats(rows_in: dict[str, tuple[int, int]], data_schema, names: list
 
     def stats(spark, path: str) -> dict:
         from pyspark.sql import functions as F
-        from pyspark.sql.pandas.types import from_arrow_schema
 
-        # Read with the schemas given: an empty output or quarantine leaves no file to infer one from.
+        # Read with the schema given: an empty output leaves no file to infer one from.
         out = spark.read.schema(data_schema).option("pathGlobFilter", "part-*.parquet").parquet(path)
-        bad = spark.read.schema(from_arrow_schema(QUARANTINE_SCHEMA)).parquet(f"{path}/{QUARANTINE_DIR}").select(
+        bad = read_quarantine(spark, path).select(
             "source", "reason", F.regexp_extract("detail", r"^benchmarks=([^;]*)", 1).alias("benchmarks"),
             F.get_json_object(F.col("raw").cast("string"), "$.n_tokens").cast("long").alias("n_tokens"))
         by_source = {s: {"rows_in": r, "tokens_in": t, "rows_out": 0, "tokens_out": 0, "rows_quarantined": 0,

@@ -15,10 +15,10 @@ from typing import Any
 import pyarrow as pa
 
 from trait.config import ConfigError, field
-from trait.contract import BASE_SCHEMA, QUARANTINE_DIR, QUARANTINE_SCHEMA, doc_id
+from trait.contract import BASE_SCHEMA, QUARANTINE_SCHEMA, doc_id
 
 from . import shipped
-from .dataset import JobOutput, read_parts
+from .dataset import JobOutput, read_parts, read_quarantine
 from .fs import HadoopFS
 
 log = logging.getLogger(__name__)
@@ -215,11 +215,7 @@ def ingest_stats(rows_in: dict[str, int]):
         out = {r["source"]: {"rows_out": r["rows"], "tokens_out": r["tokens"] or 0} for r in read_parts(spark, path)
                .groupBy("source").agg(F.count("*").alias("rows"), F.sum("n_tokens").alias("tokens")).collect()}
         quarantined: dict[str, dict[str, int]] = {}
-        from pyspark.sql.pandas.types import from_arrow_schema
-
-        # Read with the schema given: a run without bad rows leaves the quarantine without files to infer it from.
-        bad = spark.read.schema(from_arrow_schema(QUARANTINE_SCHEMA)).parquet(f"{path}/{QUARANTINE_DIR}")
-        for r in bad.groupBy("source", "reason").count().collect():
+        for r in read_quarantine(spark, path).groupBy("source", "reason").count().collect():
             quarantined.setdefault(r["source"], {})[r["reason"]] = r["count"]
         inputs = {}
         for source, n in sorted(rows_in.items()):
