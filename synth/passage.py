@@ -54,6 +54,22 @@ class ParsedPassage:
         return "\n\n".join(parts)
 
 
+def without_enlightenment(text: str, enlightenment: str | None) -> str:
+    """``text`` without its closing enlightenment paragraph: the passage of the paper's "no enlightenment" ablation.
+
+    ``text`` is a generated row's passage (``ParsedPassage.text``: paragraphs, then the enlightenment, separated by
+    blank lines) and ``enlightenment`` its ``enlightenment`` column. A row whose output never parsed has none (null)
+    and keeps its text. Raises ValueError when ``text`` does not end with the enlightenment paragraph (a row
+    assembled some other way), rather than returning a passage that still holds it.
+    """
+    if not enlightenment:
+        return text
+    body = text[:len(text) - len(enlightenment)] if text.endswith(enlightenment) else None
+    if body is None or (body and not body.endswith("\n\n")):
+        raise ValueError(f"the passage does not end with its enlightenment paragraph {enlightenment[:60]!r}")
+    return body.rstrip()
+
+
 @dataclass(frozen=True)
 class ParseResult:
     """A parsed passage, or the reason (one of ``PARSE_REASONS``) and a short detail of why not."""

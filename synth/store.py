@@ -39,6 +39,7 @@ ROW_SCHEMA = pa.schema([
     pa.field("finish_reason", pa.string()),
     pa.field("reject_reason", pa.string()),  # null: accepted
     pa.field("reject_detail", pa.string()),
+    pa.field("enlightenment", pa.string()),  # the passage's closing paragraph (null: the output never parsed)
     pa.field("raw_output", pa.string()),  # what the generator returned, for rejected rows and audits
 ])
 PART_ROWS = 100_000  # passages per part file (~2 KB each: ~200 MB)

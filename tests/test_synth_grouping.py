@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synth.grouping import GroupingConfig, group_by_entity, group_problems, nearest_other_task
-from synth.tasks import Problem, normalise_entity
+from synth.grouping import GroupingConfig, group_by_entity, group_problems, nearest_other_task, seeded_order
+from synth.tasks import Problem, load_definitions, load_problems, normalise_entity
 from trait.config import ConfigError
 
 
@@ -58,6 +58,19 @@ def test_nearest_other_task_matches_brute_force():
         best = sorted(other, key=lambda j: -full[i, j])[:5]
         assert list(idx[i]) == best
         assert np.allclose(sims[i], full[i, best], atol=1e-6)
+
+
+def test_a_limit_that_entity_groups_fill_embeds_nothing():
+    problems = ([P(f"{t}{i}", t, entities=[f"brand{i}"]) for t in "xy" for i in range(5)]
+                + [P(f"k{t}{i}", f"k{t}", f"question {i}") for t in "ab" for i in range(50)])
+    kinds = {"x": "entity_centric", "y": "entity_centric", "ka": "knowledge_centric", "kb": "knowledge_centric"}
+
+    def embed(texts):
+        raise AssertionError(f"embedded {len(texts)} texts for a limit the entity groups fill")
+
+    groups, coverage = group_problems(problems, kinds, GroupingConfig(), embed, limit=3)
+    assert len(groups) == 3 and {g.kind for g in groups} == {"entity_centric"}
+    assert coverage["passages"] == 3 and "ka" not in coverage["per_task"]  # coverage of what was considered
 
 
 def test_bad_config_is_refused():
@@ -112,3 +125,30 @@ def test_knowledge_groups_pair_paraphrases_across_tasks(embedder):
     # near-duplicates inside one task are never grouped, however similar
     same = [P("s1", "task_a", PARAPHRASES[0][0]), P("s2", "task_a", PARAPHRASES[0][1])]
     assert group_problems(same, kinds, config, embed=embedder.embed)[0] == []
+
+
+def test_a_limit_embeds_a_seeded_sample_sized_for_it(embedder):
+    """All 14,971 GSM8K and MATH train problems are loaded; a limit of 4 passages embeds a few dozen of them."""
+    problems = [p for d in load_definitions(["gsm8k", "math"]) for p in load_problems(d)[0]]
+    kinds = {"gsm8k": "knowledge_centric", "math": "knowledge_centric"}
+    embedded: list[str] = []
+
+    def embed(texts):
+        embedded.extend(texts)
+        return embedder.embed(texts)
+
+    groups, coverage = group_problems(problems, kinds, GroupingConfig(), embed, limit=4)
+    assert len(groups) == 4 and coverage["passages"] == 4
+    sampled = coverage["sampled"]
+    assert {t: s["problems"] for t, s in sampled.items()} == {"gsm8k": 7473, "math": 7498}
+    # 4 passages x margin 4 / max_uses 1 = 16 problems of each task, doubled while they form too few groups;
+    # each text embedded once, however many rounds
+    n = sampled["gsm8k"]["sampled"]
+    assert n == sampled["math"]["sampled"] and n in (16, 32, 64, 128)
+    assert len(embedded) == len(set(embedded)) == 2 * n
+    # the sample is the prefix of the seeded order of each task: it does not depend on the problems' input order
+    # (nor, so, on how a run is chunked), and a larger limit's sample holds a smaller one's
+    for task in kinds:
+        first = [p.text for p in seeded_order([p for p in problems if p.task == task], 0)[:n]]
+        assert set(first) <= set(embedded)
+    assert group_problems(list(reversed(problems)), kinds, GroupingConfig(), embedder.embed, limit=4)[0] == groups

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from synth.answers import answer_matches, choice_letter, resolve_kind
-from synth.passage import parse_failure_summary, parse_output
+from synth.passage import parse_failure_summary, parse_output, without_enlightenment
 from synth.prompts import PromptProblem, render_passage_prompt
 from synth.validate import PassageValidator, ValidationConfig
 from trait.config import ConfigError, from_dict
@@ -124,6 +124,25 @@ def test_length_bounds_and_short_paragraphs():
     short = _output(["1/2", "1000"], paragraphs=[f"{FILLER} It is 1/2.", "It is 1000."])
     verdict = _validator().check(short, MATH, "json")
     assert (verdict.reason, verdict.detail) == ("paragraph_too_short", "problem 2: 3 words < 5")
+
+
+@pytest.mark.parametrize("with_statements", [False, True])
+def test_without_enlightenment_leaves_the_problem_paragraphs(with_statements):
+    enlightenment = f"Both problems share one idea: a part of a whole. {FILLER}"
+    verdict = _validator(include_problem_text=with_statements).check(
+        _output(["1/2", "1000"], enlightenment=enlightenment), MATH, "json")
+    assert verdict.passage.enlightenment == enlightenment and verdict.text.endswith(enlightenment)
+    ablated = without_enlightenment(verdict.text, verdict.passage.enlightenment)
+    # the passage is its paragraphs (after their statements) joined by blank lines, the enlightenment last
+    paragraphs = verdict.text.split("\n\n")
+    assert ablated == "\n\n".join(paragraphs[:-1]) and "share one idea" not in ablated
+    assert ablated.startswith(MATH[0].text if with_statements else FILLER)
+    assert ablated.endswith("Final answer: 1000") and len(ablated) < len(verdict.text) - len(enlightenment)
+    assert without_enlightenment("never parsed", None) == "never parsed"  # no enlightenment column: text as is
+    with pytest.raises(ValueError, match="does not end with its enlightenment"):
+        without_enlightenment(verdict.text + "\n\nA later paragraph.", enlightenment)
+    with pytest.raises(ValueError, match="does not end with its enlightenment"):  # only its tail, not the paragraph
+        without_enlightenment(verdict.text, enlightenment[len("Both "):])
 
 
 def test_parse_failure_truncation_and_flag_mode():
