@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+
+from trait import UserError
+
+
+class InputPathError(UserError, ValueError):
+    """An input path that cannot be listed (permission denied) or named (a ':' in a file name) through Hadoop."""
+
 
 class HadoopFS:
     """Thin wrapper over ``org.apache.hadoop.fs.FileSystem`` reached through the driver's JVM gateway."""
@@ -42,17 +51,29 @@ class HadoopFS:
         return sorted(str(s.getPath().getName()) for s in self._fs(path).listStatus(self._path(path)))
 
     def glob(self, pattern: str) -> list[tuple[str, int, int]]:
-        """Files matching ``pattern`` (directories expanded one level): (uri, bytes, mtime ms), sorted."""
-        statuses = self._fs(pattern).globStatus(self._path(pattern)) or []
+        """Files matching ``pattern`` (directories expanded one level): (uri, bytes, mtime ms), sorted.
+
+        Raises InputPathError where a folder on the way may not be listed or entered, or a file name holds ':',
+        rather than matching nothing or failing with a Java trace."""
         out = []
-        for status in statuses:
-            if status.isDirectory():
-                inner = self._fs(pattern).listStatus(status.getPath())
-                out.extend((str(s.getPath().toString()), int(s.getLen()), int(s.getModificationTime()))
-                           for s in inner if s.isFile() and not s.getPath().getName().startswith(("_", ".")))
-            else:
-                out.append((str(status.getPath().toString()), int(status.getLen()),
-                            int(status.getModificationTime())))
+        try:
+            for status in self._fs(pattern).globStatus(self._path(pattern)) or []:
+                if status.isDirectory():
+                    inner = self._fs(pattern).listStatus(status.getPath())
+                    out.extend((str(s.getPath().toString()), int(s.getLen()), int(s.getModificationTime()))
+                               for s in inner if s.isFile() and not s.getPath().getName().startswith(("_", ".")))
+                else:
+                    out.append((str(status.getPath().toString()), int(status.getLen()),
+                                int(status.getModificationTime())))
+        except Exception as exc:  # py4j's Py4JJavaError, or pyspark's IllegalArgumentException for a bad name
+            if denied := re.search(r"AccessDeniedException: (.*?): Permission denied", str(exc)):
+                raise InputPathError(f"permission denied: cannot list folder {denied[1]} (input {pattern!r})") from None
+            if named := re.search(r"Relative path in absolute URI: (\S+)", str(exc)):
+                raise InputPathError(f"input {pattern!r}: Hadoop paths cannot name a file with ':' in its name "
+                                     f"({named[1]}); rename it") from None
+            raise
+        if not out and (folder := _closed_folder(pattern)):
+            raise InputPathError(f"permission denied: cannot enter folder {folder} (input {pattern!r})")
         return sorted(out)
 
     def write_text(self, path: str, text: str) -> None:
@@ -73,6 +94,27 @@ class HadoopFS:
             return bytes(buf.toByteArray()).decode("utf-8")
         finally:
             stream.close()
+
+
+def _closed_folder(pattern: str) -> str | None:
+    """For a local pattern: the folder on its way that this process may not enter or (before a glob) list, else
+    None. Java's file API reports what lies behind such a folder as missing."""
+    path = pattern[len("file:"):] if pattern.startswith("file:") else pattern
+    if "://" in path:
+        return None
+    folder = os.sep
+    for part in os.path.abspath(path).split(os.sep)[1:]:
+        try:
+            if re.search(r"[*?\[{]", part):
+                os.listdir(folder)
+                return None
+            os.stat(os.path.join(folder, part))
+        except PermissionError:
+            return folder
+        except OSError:
+            return None
+        folder = os.path.join(folder, part)
+    return None
 
 
 def arrow_filesystem(uri: str):
