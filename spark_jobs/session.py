@@ -1,7 +1,8 @@
 """SparkSession construction shared by every job.
 
 Under ``spark-submit`` the master and resources come from the submit command; run from the ``trait`` CLI the
-job defaults to ``local[*]``. Either way the Python workers run the interpreter that runs the driver.
+job defaults to ``local[*]``. Either way the Python workers run the interpreter that runs the driver. A local master's
+driver listens on 127.0.0.1 only; a cluster's on the interface its configuration names.
 """
 
 from __future__ import annotations
@@ -55,8 +56,13 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
     if not under_spark_submit():
         builder = builder.config("spark.ui.enabled", "false")
         builder = builder.config("spark.driver.memory", os.environ.get("TRAIT_DRIVER_MEMORY", "4g"))
-        if scheduler_only and (master or "local").startswith("local"):
-            builder = builder.config("spark.driver.extraJavaOptions", SCHEDULER_ONLY_JAVA_OPTIONS)
+        if (master or "local").startswith("local"):
+            # A local master's executors run in this JVM (local-cluster's, on this machine): nothing from outside
+            # needs the driver, so its RPC and block manager ports listen on loopback. Spark's default is the
+            # address of the host name; for a cluster master it still is, or spark.driver.host / SPARK_LOCAL_IP.
+            builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+            if scheduler_only:
+                builder = builder.config("spark.driver.extraJavaOptions", SCHEDULER_ONLY_JAVA_OPTIONS)
     for key, value in {**_DEFAULT_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
