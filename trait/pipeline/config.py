@@ -193,6 +193,8 @@ class PipelineConfig:
             raise ConfigError("training.knowledge_mixture needs 'selected' for the seed+<selection> and trait arms")
         if "synthetic" not in t.alignment_mixture:
             raise ConfigError("training.alignment_mixture needs 'synthetic' (the passages)")
+        _check_inputs(stages["ingest_seed"], "inputs.seed", seed=True)
+        _check_inputs(stages["ingest_pool"], "inputs.pool", seed=False)
         tasks = self.synth_config().tasks
         if sorted(tasks) != sorted(self.inputs.tasks):
             raise ConfigError(f"synth.tasks {tasks} differ from inputs.tasks {self.inputs.tasks}; leave synth.tasks "
@@ -257,6 +259,32 @@ class PipelineConfig:
             if key in trainer_top:
                 raise ConfigError(f"training.trainer.{key} is set by the pipeline; remove it")
         return out
+
+
+def _check_inputs(ingest, where: str, seed: bool) -> None:
+    """Local input globs must match files; a seed file may not be a benchmark's test split (the seed is trained on
+    and is the classifier's positives: test problems there would leak into both)."""
+    import glob
+    import os
+
+    from synth.tasks import check_not_test_split
+    from trait.benchmarks import default_shared_data
+
+    shared = os.path.realpath(default_shared_data())
+    for i, spec in enumerate(ingest.inputs):
+        if "://" in spec.path and not spec.path.startswith("file://"):
+            continue  # remote: the ingest job lists it
+        matched = glob.glob(spec.path.removeprefix("file://"))
+        if not matched:
+            raise ConfigError(f"{where}.inputs[{i}].path {spec.path!r} matches no files")
+        for path in matched if seed else ():
+            real = os.path.realpath(path)
+            try:
+                check_not_test_split(os.path.relpath(real, shared) if real.startswith(shared + os.sep) else real)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.inputs[{i}]: {path} is a benchmark's test split or evaluation file; "
+                                  "the seed is trained on and is the classifier's positives, so test problems "
+                                  "there would leak into both: give train data") from exc
 
 
 def stage_from_template(template: dict, name: str, sources: dict[str, str], weights: dict | None = None,
