@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -28,6 +29,7 @@ import numpy as np
 
 from trait.config import ConfigError, field, to_dict
 from trait.contract import MANIFEST_NAME, finished_dataset, score_column
+from trait.outputs import check_output
 
 from .fs import arrow_filesystem
 from .text import NORMALISER_VERSION, normalise
@@ -35,6 +37,9 @@ from .text import NORMALISER_VERSION, normalise
 log = logging.getLogger(__name__)
 
 POSITIVE, NEGATIVE = "__label__pos", "__label__neg"
+# fastText allocates bucket x dim float32 for the n-gram embeddings, copied to every Python worker that scores.
+MAX_INPUT_MATRIX_BYTES = 8 << 30
+INT32_MAX = 2**31 - 1
 
 
 @dataclass
@@ -46,6 +51,11 @@ class DataRef:
     @classmethod
     def from_str(cls, path: str) -> DataRef:
         return cls(path=path)
+
+    def validate(self) -> None:
+        if self.max_docs is not None and self.max_docs < 1:
+            raise ConfigError(f"{self.path}: max_docs must be a positive number of documents, or null for all; got "
+                              f"{self.max_docs}")
 
 
 @dataclass
@@ -71,6 +81,8 @@ class ClassifierConfig:
                                         "scoring reads whole documents); null: no cut")
 
     def validate(self) -> None:
+        if self.version < 1:
+            raise ConfigError(f"version must be >= 1, got {self.version}")
         score_column(self.name, self.version)
         if bool(self.labelled) == bool(self.positives or self.negatives):
             raise ConfigError("give either labelled datasets, or positives and negatives, not both or neither")
@@ -78,8 +90,28 @@ class ClassifierConfig:
             raise ConfigError("positives and negatives go together")
         if not 0 < self.heldout_fraction < 1:
             raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if self.negative_ratio <= 0:
-            raise ConfigError("negative_ratio must be positive")
+        if not 0 < self.negative_ratio < math.inf:
+            raise ConfigError(f"negative_ratio must be a positive number, got {self.negative_ratio}")
+        if self.positive_min_grade is not None and not math.isfinite(self.positive_min_grade):
+            raise ConfigError(f"positive_min_grade must be a number (e.g. 3), got {self.positive_min_grade}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr must be a positive number (e.g. 0.5), got {self.lr}")
+        for key, low in (("epoch", 1), ("word_ngrams", 1), ("dim", 1), ("min_count", 1), ("bucket", 0)):
+            if not low <= getattr(self, key) <= INT32_MAX:
+                raise ConfigError(f"{key} must be an integer in [{low}, {INT32_MAX}] (fastText's int), got "
+                                  f"{getattr(self, key)}")
+        if not -INT32_MAX - 1 <= self.seed <= INT32_MAX:
+            raise ConfigError(f"seed must fit fastText's 32-bit int, [{-INT32_MAX - 1}, {INT32_MAX}]; got {self.seed}")
+        if self.word_ngrams > 1 and not self.bucket:
+            raise ConfigError(f"bucket must be >= 1 with word_ngrams {self.word_ngrams} (the n-grams are hashed "
+                              "into buckets); bucket 0 goes with word_ngrams 1 only")
+        if self.bucket * self.dim * 4 > MAX_INPUT_MATRIX_BYTES:
+            raise ConfigError(f"bucket x dim x 4 bytes = {self.bucket * self.dim * 4 / 2**30:.1f} GiB of n-gram "
+                              f"embeddings; at most {MAX_INPUT_MATRIX_BYTES >> 30} GiB (the default is 200000 x 32)")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.train_max_chars is not None and self.train_max_chars < 1:
+            raise ConfigError(f"train_max_chars must be >= 1, or null for whole documents; got {self.train_max_chars}")
 
 
 def _hash01(seed: int, salt: str, ident: str) -> float:
@@ -101,7 +133,7 @@ def _read(refs: list[DataRef], columns: tuple[str, ...], seed: int) -> dict[str,
         if not table.num_rows:
             raise ConfigError(f"{ref.path} (sources {ref.sources}) has no rows")
         rows = sorted(range(table.num_rows), key=lambda i, ids=table["id"]: _hash01(seed, "sample", ids[i].as_py()))
-        rows = rows[:ref.max_docs] if ref.max_docs else sorted(rows)
+        rows = sorted(rows) if ref.max_docs is None else rows[:ref.max_docs]
         table = table.take(rows)
         for c in columns:
             out[c].extend(table.column(c).to_pylist())
@@ -184,6 +216,9 @@ def _train(cfg: ClassifierConfig, train_file: str):
             model = fasttext.train_supervised(
                 input=train_file, epoch=cfg.epoch, lr=lr, wordNgrams=cfg.word_ngrams, dim=cfg.dim,
                 minCount=cfg.min_count, bucket=cfg.bucket, seed=cfg.seed, thread=1, verbose=0)
+            if not model.get_words():  # it would give every document the same score
+                raise ConfigError(f"no word of the training data occurs min_count {cfg.min_count} times; lower "
+                                  "min_count or give more data")
             return model, {"attempts": attempt, "lr_used": lr}
         except RuntimeError as exc:
             if "NaN" not in str(exc):
@@ -214,15 +249,17 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
     """Train, evaluate on the held-out split, write ``<name>_v<version>.bin`` and ``card.json``; return the card.
 
     A classifier already in ``output`` from the same config and the same input datasets is reused, so a rerun
-    leaves the model file (and every score job fingerprinted on it) untouched."""
+    leaves the model file (and every score job fingerprinted on it) untouched. ``output`` must be new, empty or
+    hold only this classifier's files, apart from the input datasets."""
     started = time.time()
     out = Path(output)
     fingerprint = _fingerprint(cfg)
     if fingerprint and (out / "card.json").is_file():
-        card = json.loads((out / "card.json").read_text())
-        model = out / card.get("model_file", "")
-        if (card.get("fingerprint") == fingerprint and model.is_file()
-                and hashlib.sha1(model.read_bytes()).hexdigest() == card["model_sha1"]):
+        try:
+            card, _ = load_card(out)
+        except ConfigError:  # an unreadable card or a corrupt model is trained afresh
+            card = {}
+        if card.get("fingerprint") == fingerprint:
             log.info("%s: %s is trained with the same config and inputs; nothing to do", cfg.name, out)
             return card
     examples, data_desc = load_examples(cfg)
@@ -233,6 +270,8 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
         if classes != {0, 1}:
             raise ConfigError(f"the {split} split has labels {sorted(classes)}; both classes are needed "
                               f"({len(examples)} examples in all): add data or change heldout_fraction")
+    check_output(out, inputs=[r.path for r in (*cfg.positives, *cfg.negatives, *cfg.labelled)],
+                 own=("card.json", f"{cfg.name}_v*.bin"), dataset=False)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         train_file = os.path.join(tmp, "train.txt")
@@ -246,7 +285,7 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
     model.save_model(str(bin_path))
     card = {
         "name": cfg.name, "version": cfg.version, "score_column": score_column(cfg.name, cfg.version),
-        "model_file": bin_path.name, "model_sha1": hashlib.sha1(bin_path.read_bytes()).hexdigest(),
+        "model_file": bin_path.name, "model_sha1": file_sha1(bin_path),
         "fingerprint": fingerprint,
         "positive_label": POSITIVE, "normaliser": NORMALISER_VERSION,
         "data": {**data_desc, "train": {"n": len(train), "n_positive": sum(y for _, y in train)},
@@ -261,14 +300,37 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
     return card
 
 
+def file_sha1(path: Path) -> str:
+    """Hex sha1 of a file's bytes (streamed)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha1").hexdigest()
+
+
 def load_card(model_dir: str | Path) -> tuple[dict, Path]:
-    """The card of a trained classifier and the path of its .bin; checks the normaliser version."""
+    """The card of a trained classifier and the path of its .bin, checked before anything ships it: the normaliser
+    version, and the .bin's sha1 against the card's ``model_sha1`` (fastText crashes or hangs on a truncated
+    file instead of raising)."""
     model_dir = Path(model_dir)
     card_path = model_dir / "card.json"
     if not card_path.exists():
         raise ConfigError(f"{model_dir} has no card.json; train it with 'trait classifier train'")
-    card = json.loads(card_path.read_text())
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{card_path} is not JSON ({exc}); retrain with 'trait classifier train'") from None
+    if not isinstance(card, dict) or not isinstance(card.get("model_file"), str) or "score_column" not in card:
+        raise ConfigError(f"{card_path} has no model_file or score_column; retrain with 'trait classifier train'")
     if card.get("normaliser") != NORMALISER_VERSION:
         raise ConfigError(f"{model_dir} was trained with normaliser {card.get('normaliser')!r}, this scorer uses "
                           f"{NORMALISER_VERSION!r}; retrain it")
-    return card, model_dir / card["model_file"]
+    bin_path = model_dir / card["model_file"]
+    if not bin_path.is_file():
+        raise ConfigError(f"{bin_path} (named by {card_path}) does not exist; retrain with 'trait classifier train'")
+    sha1 = file_sha1(bin_path)
+    if "model_sha1" not in card:  # fastText may crash or hang on a truncated file, so it is never loaded unchecked
+        raise ConfigError(f"{card_path} has no model_sha1 to check {bin_path} against; retrain with 'trait "
+                          f"classifier train', or, if the file is the one trained, add \"model_sha1\": \"{sha1}\"")
+    if sha1 != card["model_sha1"]:
+        raise ConfigError(f"{bin_path} is corrupt or was replaced: its sha1 is {sha1}, {card_path} says "
+                          f"{card['model_sha1']}; retrain with 'trait classifier train' or restore the file")
+    return card, bin_path

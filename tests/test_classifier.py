@@ -104,3 +104,85 @@ def test_a_model_from_another_normaliser_is_refused(classifiers, tmp_path):
     (tmp_path / "old" / "card.json").write_text(json.dumps({**card, "normaliser": "v0"}))
     with pytest.raises(ConfigError, match="normaliser 'v0'"):
         load_card(tmp_path / "old")
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"epoch": 0}, "epoch must be an integer in \\[1, 2147483647\\]"),
+    ({"lr": -1}, "lr must be a positive number"),
+    ({"lr": float("nan")}, "lr must be a positive number|lr: expected a finite number"),
+    ({"lr": float("inf")}, "lr must be a positive number|lr: expected a finite number"),
+    ({"bucket": 0}, "bucket must be >= 1 with word_ngrams 2"),
+    ({"bucket": -1, "word_ngrams": 1}, "bucket must be an integer in \\[0, "),
+    ({"dim": -5}, "dim must be an integer in \\[1, "),
+    ({"dim": 2**31}, "dim must be an integer in \\[1, "),
+    ({"word_ngrams": 0}, "word_ngrams must be an integer in \\[1, "),
+    ({"min_count": 0}, "min_count must be an integer in \\[1, "),
+    ({"bucket": 10**8, "dim": 100}, "37.3 GiB of n-gram embeddings; at most 8 GiB"),
+    ({"seed": 2**40}, "seed must fit fastText's 32-bit int"),
+    ({"version": 0}, "version must be >= 1"),
+    ({"negative_ratio": float("nan")}, "negative_ratio must be a positive number|negative_ratio: expected a finite"),
+    ({"max_retries": -1}, "max_retries must be >= 0"),
+    ({"train_max_chars": 0}, "train_max_chars must be >= 1, or null"),
+    ({"heldout_fraction": float("nan")}, "heldout_fraction must be in \\(0, 1\\)|heldout_fraction: expected a finite"),
+    ({"positives": [{"path": "p", "max_docs": 0}]}, "p: max_docs must be a positive number of documents, or null"),
+    ({"negatives": [{"path": "n", "max_docs": -3}]}, "n: max_docs must be a positive number of documents, or null"),
+])
+def test_nonsense_training_settings_are_refused_before_any_work(setting, message):
+    """Each of these trained or crashed before: epoch 0 or lr -1 gave an AUC 0.5 model, dim -5 a MemoryError, a
+    max_docs of 0 or -3 meant every document or all but 3."""
+    with pytest.raises(ConfigError, match=message) as caught:
+        from_dict(ClassifierConfig, {"name": "x", "positives": ["p"], "negatives": ["n"], **setting})
+    assert "\n" not in str(caught.value)
+
+
+def test_settings_at_the_edges_are_accepted():
+    cfg = from_dict(ClassifierConfig, {"name": "x", "positives": [{"path": "p", "max_docs": 1}], "negatives": ["n"],
+                                       "bucket": 0, "word_ngrams": 1, "seed": -5, "train_max_chars": None})
+    assert cfg.positives[0].max_docs == 1 and cfg.negatives[0].max_docs is None
+
+
+def test_a_min_count_that_leaves_no_word_is_refused(small_corpus, tmp_path):
+    cfg = {"name": "domain_math", "positives": [small_corpus["seed"]], "negatives": [small_corpus["pool"]],
+           "min_count": 10**6}
+    with pytest.raises(ConfigError, match="no word of the training data occurs min_count 1000000 times"):
+        train_classifier(from_dict(ClassifierConfig, cfg), tmp_path / "m")
+
+
+def _copy(model_dir, to):
+    import shutil
+
+    shutil.copytree(model_dir, to)
+    card = json.loads((to / "card.json").read_text())
+    return card, to / card["model_file"]
+
+
+def test_a_model_file_that_does_not_match_its_card_is_refused(classifiers, tmp_path):
+    card, bin_path = _copy(classifiers[0], tmp_path / "truncated")
+    bin_path.write_bytes(bin_path.read_bytes()[:100])  # fastText hangs loading this one
+    with pytest.raises(ConfigError, match=f"{bin_path} is corrupt or was replaced: its sha1 is [0-9a-f]{{40}}, "):
+        load_card(tmp_path / "truncated")
+    card, bin_path = _copy(classifiers[0], tmp_path / "missing")
+    bin_path.unlink()
+    with pytest.raises(ConfigError, match=f"{bin_path} \\(named by .*card.json\\) does not exist"):
+        load_card(tmp_path / "missing")
+    # A card without model_sha1 cannot vouch for its file: the message gives the sha1 to add.
+    card, bin_path = _copy(classifiers[0], tmp_path / "old")
+    sha1 = card.pop("model_sha1")
+    (tmp_path / "old" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match=f'has no model_sha1 to check .*add "model_sha1": "{sha1}"'):
+        load_card(tmp_path / "old")
+    (tmp_path / "old" / "card.json").write_text(json.dumps({**card, "model_sha1": sha1}))
+    assert load_card(tmp_path / "old")[1] == bin_path
+    (tmp_path / "old" / "card.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="card.json is not JSON"):
+        load_card(tmp_path / "old")
+
+
+def test_a_rerun_over_a_corrupt_model_trains_it_again(classifiers, small_corpus, tmp_path):
+    """The fixture's domain classifier, rerun with its config into a copy whose .bin is garbage: trained again
+    (to the same bytes), not reused."""
+    card, bin_path = _copy(classifiers[0], tmp_path / "m")
+    bin_path.write_bytes(b"garbage")
+    cfg = from_dict(ClassifierConfig, card["config"])
+    again = train_classifier(cfg, tmp_path / "m")
+    assert again["model_sha1"] == card["model_sha1"] and load_card(tmp_path / "m")[0] == again
