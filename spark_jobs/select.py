@@ -1,7 +1,7 @@
 """``trait select``: keep documents by domain and quality thresholds, without re-scoring.
 
 Each threshold is one of:
-- ``min``: an absolute score; documents with score >= min are kept;
+- ``min``: an absolute score in [0, 1]; documents with score >= min are kept;
 - ``percentile`` p in [0, 100): keeps the top (100 - p)% of scored documents (ties at the threshold kept);
 - ``token_budget`` N: the best N tokens by this score among the documents that pass the other threshold
   (kept tokens reach N, overshooting by at most the documents tied at the threshold).
@@ -10,7 +10,7 @@ Percentiles and budgets are resolved exactly and deterministically with two aggr
 score over ``BINS`` bins finds the bin where the cumulative count (or token sum) crosses the target, then the
 distinct float32 values inside that bin (a few hundred at most) give the exact score. Nothing is collected to the
 driver but those small tables, so this works unchanged on a cluster-sized corpus. Null and NaN scores are never
-kept.
+kept; a percentile over no score, and a budget it cannot reach, are logged as warnings saying what was kept.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .dataset import JobOutput, open_dataset, parts_glob, read_parts
 log = logging.getLogger(__name__)
 
 BINS = 65536
+_NOTHING_SCORED = "no {documents} has a {column} score (null or NaN): keeping nothing"
 
 
 @dataclass
@@ -40,10 +41,13 @@ class Threshold:
         if len(given) != 1:
             raise ConfigError(f"threshold on {self.column!r}: give exactly one of min, percentile, token_budget "
                               f"(got {given or 'none'})")
+        where = f"threshold on {self.column!r}"
+        if self.min is not None and not 0 <= self.min <= 1:
+            raise ConfigError(f"{where}: min must be a score in [0, 1] (scores are probabilities), got {self.min}")
         if self.percentile is not None and not 0 <= self.percentile < 100:
-            raise ConfigError(f"percentile must be in [0, 100), got {self.percentile}")
+            raise ConfigError(f"{where}: percentile must be in [0, 100) (90 keeps the top 10%), got {self.percentile}")
         if self.token_budget is not None and self.token_budget <= 0:
-            raise ConfigError(f"token_budget must be positive, got {self.token_budget}")
+            raise ConfigError(f"{where}: token_budget must be a positive number of tokens, got {self.token_budget}")
 
     @classmethod
     def parse(cls, text: str) -> Threshold:
@@ -53,10 +57,19 @@ class Threshold:
         if not sep or not eq or key not in ("min", "percentile", "token_budget"):
             raise ConfigError(f"threshold {text!r}: write COLUMN:min=X, COLUMN:percentile=P or "
                               "COLUMN:token_budget=N")
-        number = int(float(value)) if key == "token_budget" else float(value)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"threshold {text!r}: {key} {value!r} is not a number") from None
+        if key == "token_budget":
+            if not number.is_integer():  # also inf and nan
+                raise ConfigError(f"threshold {text!r}: token_budget must be a whole number of tokens, e.g. 1e6")
+            number = int(number)
         t = cls(column=column, **{key: number})
         t.validate()
         return t
+
+    from_str = parse  # the string form a config value or --domain/--quality flag may take
 
 
 @dataclass
@@ -114,6 +127,9 @@ def resolve(df, config: SelectConfig) -> dict[str, dict]:
             n = df.where(F.col(t.column).isNotNull()).count()
             rank = min(math.floor(t.percentile / 100 * n) + 1, n)
             score = value_at_cumulative(df, t.column, F.lit(1), rank, descending=False) if n else None
+            if not n:
+                log.warning("%s threshold: percentile %s: %s", key, t.percentile,
+                            _NOTHING_SCORED.format(documents="document", column=t.column))
             resolved[key] = {"column": t.column, "rule": {"percentile": t.percentile}, "score": score,
                              "scored_documents": n}
         else:
@@ -126,8 +142,17 @@ def resolve(df, config: SelectConfig) -> dict[str, dict]:
         score = value_at_cumulative(eligible, t.column, F.col("n_tokens"), t.token_budget, descending=True)
         reached = score is not None
         if not reached:  # the budget exceeds what is eligible: keep everything eligible
-            score = eligible.where(F.col(t.column).isNotNull()).agg(F.min(t.column)).first()[0]
-            log.warning("token budget %d not reached: keeping every eligible document", t.token_budget)
+            score, docs, tokens = eligible.where(F.col(t.column).isNotNull()).agg(
+                F.min(t.column), F.count("*"), F.sum("n_tokens")).first()
+            others = " and ".join(resolved)
+            if docs:
+                log.warning("%s threshold: token budget %d not reached: keeping every document%s with a score, %d "
+                            "documents of %d tokens", budget_key, t.token_budget,
+                            f" that passes the {others} threshold" if others else "", docs, tokens or 0)
+            else:
+                log.warning("%s threshold: token budget %d not reached: %s", budget_key, t.token_budget,
+                            _NOTHING_SCORED.format(column=t.column, documents=f"document that passes the {others} "
+                                                   "threshold" if others else "document"))
         resolved[budget_key] = {"column": t.column, "rule": {"token_budget": t.token_budget},
                                 "score": None if score is None else float(score), "budget_reached": reached}
     return resolved
