@@ -6,7 +6,8 @@ number of tokens. Each document gets a seeded key; the documents are taken in ke
 the budget, the cut resolved exactly by ``select.value_at_cumulative`` (two aggregations, nothing but small tables
 on the driver). The kept tokens reach the budget and overshoot it by less than the last document taken (plus any
 documents whose key equals the cut's: all are kept). A budget above the pool keeps every document and says so
-in the manifest (``budget.reached: false``); a budget of 0 (a selection that kept nothing) keeps nothing.
+in the manifest (``budget.reached: false``). A budget of 0 tokens is refused, given or from a selection that kept
+nothing: a baseline of nothing compares with nothing.
 
 Random: the key of a document is a uniform number in (0, 1) from ``xxhash64(seed, id)`` (Spark's ``xxhash64``,
 the same on every executor and in every run, so the sample depends on the seed and the ids only, not on
@@ -56,7 +57,7 @@ def check_budget_source(token_budget: int | None, budget_from: str | None) -> No
 
 def resolve_budget(spark, token_budget: int | None, budget_from: str | None, pool_manifest: dict) -> dict:
     """``{"tokens": N, "from": path or None}``; raises DatasetError when ``budget_from`` is unfinished or has no
-    token count, ConfigError when it counted tokens with another tokenizer than the pool."""
+    token count, ConfigError when it kept no token or counted tokens with another tokenizer than the pool."""
     if budget_from is None:
         return {"tokens": int(token_budget), "from": None}
     manifest = finished_manifest(spark, budget_from)
@@ -64,6 +65,9 @@ def resolve_budget(spark, token_budget: int | None, budget_from: str | None, poo
     if not isinstance(tokens, int) or tokens < 0:
         raise DatasetError(f"{budget_from}: its manifest has no counts.tokens_out; give a selection made by "
                            "`trait select` (or a baseline), or pass --token-budget N")
+    if tokens == 0:
+        raise ConfigError(f"{budget_from} kept 0 tokens, and a budget must be a positive number of tokens: give a "
+                          "selection that kept documents, or --token-budget N")
     theirs, ours = manifest.get("tokenizer"), pool_manifest.get("tokenizer")
     if theirs and ours and theirs != ours:
         raise ConfigError(f"{budget_from} counted tokens with {theirs!r}, the pool with {ours!r}; a budget in other "
@@ -85,8 +89,6 @@ def cut_to_budget(eligible, key: str, budget: dict, keep_high: bool):
     ``keep_high``: take the highest keys first (DSIR), else the lowest (random)."""
     from pyspark.sql import functions as F
 
-    if budget["tokens"] == 0:
-        return F.lit(False), True
     cut = value_at_cumulative(eligible, key, F.col("n_tokens"), budget["tokens"], descending=keep_high)
     if cut is None:
         log.warning("token budget %d exceeds the eligible pool: keeping every eligible document", budget["tokens"])

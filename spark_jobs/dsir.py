@@ -163,6 +163,8 @@ def log_weights(texts: list[str], log_ratio: np.ndarray, max_pairs: int) -> tupl
 
 
 LOG_WEIGHT = "dsir_log_weight"
+# Each task holds a count vector of num_buckets int64 and the broadcast log ratios as float64: 2^24 is 128 MiB each.
+MAX_BUCKETS = 1 << 24
 _WORDS = "_dsir_words"
 TOO_SHORT = "too_short"
 
@@ -175,8 +177,12 @@ class DsirConfig(BudgetedSample):
 
     def validate(self) -> None:
         super().validate()
-        if self.num_buckets <= 0 or self.min_example_length < 0 or self.memo_bigrams < 0:
-            raise ConfigError("num_buckets must be positive, min_example_length and memo_bigrams >= 0")
+        if not 1 <= self.num_buckets <= MAX_BUCKETS:
+            raise ConfigError(f"num_buckets must be in [1, {MAX_BUCKETS}] (the reference uses 10000), got "
+                              f"{self.num_buckets}")
+        if self.min_example_length < 0 or self.memo_bigrams < 0:
+            raise ConfigError(f"min_example_length and memo_bigrams must be >= 0, got {self.min_example_length} and "
+                              f"{self.memo_bigrams}")
 
 
 def _count_partition(batches, num_buckets: int, max_pairs: int):

@@ -90,11 +90,28 @@ def test_budget_above_the_pool_keeps_everything_and_says_so(spark, small_corpus,
     assert manifest["counts"]["rows_rejected_by_reason"] == 0
 
 
-def test_a_selection_that_kept_nothing_keeps_nothing(spark, small_corpus, pool, tmp_path):
+def test_a_budget_from_a_selection_that_kept_nothing_is_refused_as_a_budget_of_0_is(spark, small_corpus, tmp_path):
     empty = fake_dataset(tmp_path / "none", {"counts": {"rows_out": 0, "tokens_out": 0}, "tokenizer": "words"})
-    manifest, kept = _random(spark, small_corpus, tmp_path, "nothing", budget_from=empty)
-    assert len(kept) == 0 and manifest["counts"]["rows_out"] == 0
-    assert manifest["counts"]["rejected_rows"] == {"not_sampled": len(pool)}
+    with pytest.raises(ConfigError, match=f"{empty} kept 0 tokens, and a budget must be a positive number of tokens"):
+        run_random(spark, from_dict(RandomConfig, {"budget_from": empty}), small_corpus["pool"],
+                   str(tmp_path / "nothing"))
+    assert not (tmp_path / "nothing").exists()
+    with pytest.raises(ConfigError, match="token_budget must be a positive number of tokens, got 0"):
+        from_dict(RandomConfig, {"token_budget": 0})
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"num_buckets": 0}, "num_buckets must be in \\[1, 16777216\\]"),
+    ({"num_buckets": 1 << 40}, "num_buckets must be in \\[1, 16777216\\]"),
+    ({"min_example_length": -1}, "min_example_length and memo_bigrams must be >= 0"),
+    ({"memo_bigrams": -1}, "min_example_length and memo_bigrams must be >= 0"),
+    ({"token_budget": -3}, "token_budget must be a positive number of tokens"),
+])
+def test_nonsense_dsir_settings_are_refused(setting, message):
+    from spark_jobs.dsir import DsirConfig
+
+    with pytest.raises(ConfigError, match=message):
+        from_dict(DsirConfig, {"token_budget": 100, **setting})
 
 
 def test_bad_budgets_and_inputs_are_clear_errors(spark, small_corpus, tmp_path):
