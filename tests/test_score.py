@@ -194,3 +194,18 @@ def test_the_score_session_runs_its_local_jvm_without_c2(spark):
                          cwd=Path(__file__).resolve().parents[1])
     assert SCHEDULER_ONLY_JAVA_OPTIONS in json.loads(out.stdout.strip().splitlines()[-1])
     assert SCHEDULER_ONLY_JAVA_OPTIONS not in _jvm_arguments(spark)
+
+
+def test_a_corrupt_classifier_is_refused_before_it_ships(small_corpus, classifiers, tmp_path):
+    """A .bin cut short (fastText hangs or dies loading one) is caught by its sha1 on the driver: one line naming the
+    file, exit 2, nothing written."""
+    shutil.copytree(classifiers[0], tmp_path / "model")
+    bin_path = load_card(tmp_path / "model")[1]
+    bin_path.write_bytes(bin_path.read_bytes()[:100])
+    cmd = [sys.executable, "-m", "trait.cli", "score", "--master", "local[1]", "--input", small_corpus["pool"],
+           "--model", str(tmp_path / "model"), classifiers[1], "--output", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    errors = [line for line in done.stderr.splitlines() if line.startswith("trait: error:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(errors) == 1 and f"{bin_path} is corrupt or was replaced: its sha1 is " in errors[0], done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out._staging").exists()
