@@ -107,15 +107,16 @@ class StageConfig:
                               f"steps); e.g. global_batch_size {near}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"{where}: unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+        if not 0 < self.lr < math.inf or not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"{where}: need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.export_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError(f"{where}: warmup_steps, checkpoint_every and export_every must be >= 0 and "
                               "keep_checkpoints >= 1")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{where}: betas must be two numbers in [0, 1), got {self.betas}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0:
-            raise ConfigError(f"{where}: weight_decay and grad_clip must be >= 0 and eps > 0")
+        if not (0 <= self.weight_decay < math.inf and 0 <= self.grad_clip < math.inf and 0 < self.eps < math.inf):
+            raise ConfigError(f"{where}: weight_decay and grad_clip must be numbers >= 0 and eps a number > 0, got "
+                              f"{self.weight_decay}, {self.grad_clip} and {self.eps}")
         if self.init_from is not None and self.init_from not in INIT_FROM:
             raise ConfigError(f"{where}: init_from {self.init_from!r}: choose 'base' or 'previous'")
 
@@ -158,7 +159,7 @@ class TrainConfig:
             raise ConfigError(f"attn_implementation {self.attn_implementation!r}: choose one of {', '.join(ATTENTION)}")
         if self.log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
-        if self.peak_flops_per_device is not None and self.peak_flops_per_device <= 0:
+        if self.peak_flops_per_device is not None and not 0 < self.peak_flops_per_device < math.inf:
             raise ConfigError(f"peak_flops_per_device must be positive (FLOP/s, e.g. 989e12), got "
                               f"{self.peak_flops_per_device}")
         # Resolve init_from here, so the resolved config written beside the outputs says what actually happened.
