@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -75,6 +76,12 @@ class SynthConfig:
             raise ConfigError("a passage combines problems from different tasks: give at least two tasks")
         if self.batch_groups < 1 or self.concurrency < 1:
             raise ConfigError("batch_groups and concurrency must be >= 1")
+        for key in ("max_problems_per_task", "limit", "max_paragraph_chars", "max_answer_chars"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, or null for no limit; got {getattr(self, key)}")
+        if not 0 < self.timeout_s < math.inf or self.max_retries < 0:
+            raise ConfigError(f"timeout_s must be a positive number of seconds and max_retries >= 0, got "
+                              f"{self.timeout_s} and {self.max_retries}")
 
 
 def plan_groups(config: SynthConfig, embed=None) -> tuple[list[ProblemGroup], dict, dict, dict]:
