@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import REPO, SHARED_DATA, read_jsonl
 from trainer.data import DataConfig, DataError, PackedMixture, SourceConfig, prepare
 from trainer.mixture import FeistelPermutation
-from trainer.token_cache import SourceFiles, load_tokenizer, token_dtype, tokenise_source
+from trainer.token_cache import SourceFiles, document_order, load_tokenizer, token_dtype, tokenise_source
 from trait.config import ConfigError, from_dict
 from trait.contract import BASE_SCHEMA, MANIFEST_NAME, SUCCESS_MARKER, doc_id, part_name, validate_table
 
@@ -94,7 +94,11 @@ def test_packing_is_documents_then_eos_cut_into_sequences(tmp_path, tokenizer_di
     path = write_source(tmp_path / "src", texts, parts=2)
     packed = prepare(config({"s": (path, 1.0)}, tmp_path, seq_len=64), tokenizer_dir).sources["s"]
 
-    # Expected stream from the transformers side, an independent path from the worker's Rust tokenizer.
+    # Documents in the seeded shuffle order of data.seed 0 (its prefixes are samples of the source), which for 4
+    # documents is 2, 3, 0, 1; the expected stream from the transformers side, an independent path from the
+    # worker's Rust tokenizer.
+    texts = [texts[i] for i in document_order(4, 0)]
+    assert texts[0] == wiki_texts[0][:3000] and texts[-1].startswith("A second")
     eos = tokenizer.eos_token_id
     expected = [t for text in texts for t in tokenizer(text, add_special_tokens=False).input_ids + [eos]]
     assert packed.tokens.dtype == np.uint16  # vocabulary 2,048 < 65,536
@@ -167,8 +171,119 @@ def test_thread_workers_give_the_same_bytes_as_one(tmp_path, tokenizer_dir, wiki
     two = tokenise_source(files, tok, tmp_path / "two", workers=2, chunk_bytes=20_000)
     assert not one.hit and not two.hit and two.index["workers"] == 2
     assert (one.path / "tokens.bin").read_bytes() == (two.path / "tokens.bin").read_bytes()
-    assert np.array_equal(one.doc_lengths, two.doc_lengths) and one.index["longest_document"] == \
-        two.index["longest_document"]
+    assert np.array_equal(one.doc_lengths, two.doc_lengths) and np.array_equal(one.doc_rows, two.doc_rows)
+
+
+def test_a_budget_tokenises_its_share_and_a_larger_need_extends_the_same_entry(tmp_path, tokenizer_dir, wiki_texts,
+                                                                              caplog):
+    path = write_source(tmp_path / "src", wiki_texts[:40], parts=3)
+    cfg = config({"s": (path, 1.0)}, tmp_path, seq_len=128)
+    # 8 sequences of 128 tokens: a quota of 8 + 2 sequences, 5% margin -> 1,344 tokens needed of ~100k
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        small = prepare(cfg, tokenizer_dir, token_budget=8 * 128)
+    packed = small.sources["s"]
+    assert "1,344 tokens needed, 0 cached" in caplog.text
+    assert not packed.cache_hit and packed.documents < 5 and packed.source_documents == 40
+    assert packed.num_tokens >= 1344 and packed.index["documents"] == packed.documents  # nothing more tokenised
+    assert packed.planned_sequences == 8 and packed.planned_epochs <= 1
+    small_tokens, first = np.array(packed.tokens), small.stream(3)
+    take(first, 3, 4)
+    small_state = first.state_dict()  # as a checkpoint after 12 samples stores it
+    # The same tokens as the first documents of the whole source in its shuffle order (another cache, no budget).
+    whole = prepare(config({"s": (path, 1.0)}, tmp_path / "other", seq_len=128), tokenizer_dir).sources["s"]
+    assert whole.documents == 40 and np.array_equal(whole.tokens[:len(small_tokens)], small_tokens)
+
+    # A smaller need reads the entry; a larger one extends it under the same key (the budget is not in the key),
+    # tokenising only the documents it adds.
+    fewer = prepare(cfg, tokenizer_dir, token_budget=2 * 128).sources["s"]
+    assert fewer.cache_hit and fewer.cache_path == packed.cache_path
+    assert np.array_equal(fewer.tokens, small_tokens[:fewer.num_tokens])
+    more = prepare(cfg, tokenizer_dir, token_budget=200 * 128).sources["s"]
+    assert not more.cache_hit and more.cache_path == packed.cache_path and more.documents > packed.documents
+    assert more.index["extended_from"] == packed.documents and np.array_equal(more.tokens[:len(small_tokens)],
+                                                                              small_tokens)
+    assert np.array_equal(more.tokens, whole.tokens[:more.num_tokens])
+    # The first budget again: its own prefix of the extended entry, so a resumed run (or another arm with the same
+    # budget) sees the same data and resumes its stream.
+    again = prepare(cfg, tokenizer_dir, token_budget=8 * 128)
+    assert again.sources["s"].cache_hit and np.array_equal(again.sources["s"].tokens, small_tokens)
+    resumed = again.stream(3)
+    resumed.load_state_dict(small_state)
+    assert np.array_equal(take(resumed, 2, 4), take(first, 2, 4))
+    # No budget: every document, the entry completed.
+    rest = prepare(cfg, tokenizer_dir).sources["s"]
+    assert rest.documents == 40 and rest.index["documents"] == 40 and np.array_equal(rest.tokens, whole.tokens)
+
+
+def test_shuffle_order_is_seeded_and_does_not_depend_on_the_part_files(tmp_path, tokenizer_dir, wiki_texts):
+    one = prepare(config({"s": (write_source(tmp_path / "one", wiki_texts[:12]), 1.0)}, tmp_path, seq_len=128),
+                  tokenizer_dir).sources["s"]
+    three = prepare(config({"s": (write_source(tmp_path / "three", wiki_texts[:12], parts=3), 1.0)}, tmp_path,
+                           seq_len=128), tokenizer_dir).sources["s"]
+    assert one.cache_path != three.cache_path and np.array_equal(one.tokens, three.tokens)
+    reseeded = prepare(config({"s": (str(tmp_path / "one"), 1.0)}, tmp_path, seq_len=128, seed=1),
+                       tokenizer_dir).sources["s"]
+    assert reseeded.cache_path != one.cache_path and reseeded.num_tokens == one.num_tokens
+    assert not np.array_equal(reseeded.tokens, one.tokens)
+    order = document_order(1000, 0)
+    assert sorted(order) == list(range(1000)) and abs(np.corrcoef(np.arange(1000), order)[0, 1]) < 0.15
+    assert np.array_equal(document_order(1000, 0), order) and not np.array_equal(document_order(1000, 1), order)
+    from trainer.mixture import _mix64, mix64_array
+
+    values = [0, 1, 2**63, 2**64 - 1, 1234567890123]
+    assert mix64_array(np.array(values, np.uint64)).tolist() == [_mix64(v) for v in values]
+
+
+def write_flagged(path: Path, texts: list[str], reasons: list[str | None]) -> str:
+    """A finished dataset like synth's passages under on_failure: flag: rows with a reject_reason column."""
+    path.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [doc_id("synth", str(i)) for i in range(len(texts))],
+                             "source": ["synth/passage_v1"] * len(texts), "text": texts, "url": [None] * len(texts),
+                             "n_tokens": [len(t.split()) for t in texts],
+                             "reject_reason": pa.array(reasons, pa.string())}), path / part_name(0))
+    (path / SUCCESS_MARKER).write_text("")
+    return str(path)
+
+
+def test_rejected_rows_are_left_out_unless_the_source_includes_them(tmp_path, tokenizer_dir, tokenizer, wiki_texts,
+                                                                   caplog):
+    texts = [f"{'accepted' if i % 3 else 'REJECTED'} passage {i}. {wiki_texts[i][:400]}" for i in range(6)]
+    path = write_flagged(tmp_path / "passages", texts, [None if i % 3 else "wrong_answer" for i in range(6)])
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        mixture = prepare(config({"s": (path, 1.0)}, tmp_path, seq_len=32), tokenizer_dir)
+    packed = mixture.sources["s"]
+    assert packed.documents == packed.source_documents == 4
+    assert mixture.stats()["sources"]["s"]["rejected_rows"] == {"rows": 2, "included": 0, "excluded": 2}
+    assert "REJECTED" not in tokenizer.decode(np.asarray(packed.tokens).tolist())
+    assert "rejected rows 0 included / 2 excluded" in caplog.text and "WARNING" not in caplog.text
+    caplog.clear()
+    included = from_dict(DataConfig, {"sources": [{"name": "s", "path": path, "weight": 1, "include_rejected": True}],
+                                      "cache_dir": str(tmp_path / "cache"), "num_workers": 1, "seq_len": 32})
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        everything = prepare(included, tokenizer_dir).sources["s"]
+    assert everything.documents == 6 and everything.rejected == {"rows": 2, "included": 2, "excluded": 0}
+    assert everything.cache_path != packed.cache_path  # other rows, another entry
+    assert tokenizer.decode(np.asarray(everything.tokens).tolist()).count("REJECTED") == 2
+    assert [r.levelname for r in caplog.records if "rejected rows" in r.message and "training on" in r.message] == [
+        "WARNING"]
+    flagged_only = write_flagged(tmp_path / "all_rejected", texts[:3], ["truncated"] * 3)
+    with pytest.raises(DataError, match=r"has no documents to train on: all its 3 rows are rejected .* set "
+                                        "include_rejected: true on this source"):
+        prepare(config({"s": (flagged_only, 1.0)}, tmp_path, seq_len=32), tokenizer_dir)
+
+
+def test_a_source_repeated_within_the_stage_is_warned_about(tmp_path, tokenizer_dir, wiki_texts, caplog):
+    small = write_source(tmp_path / "small", [t[:1500] for t in wiki_texts[:2]])
+    big = write_source(tmp_path / "big", wiki_texts[:20])
+    cfg = config({"small": (small, 1.0), "big": (big, 1.0)}, tmp_path, seq_len=64)
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        mixture = prepare(cfg, tokenizer_dir, token_budget=400 * 64)
+    warned = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    epochs = mixture.sources["small"].planned_epochs
+    assert epochs > 1 and mixture.sources["big"].planned_epochs <= 1
+    assert len(warned) == 1 and f"source 'small' is repeated {epochs:.1f} times in this stage" in warned[0]
+    assert mixture.stats()["sources"]["small"]["planned_epochs"] == round(epochs, 3)
+    assert mixture.sources["small"].planned_sequences == 200  # half of the 400 samples
 
 
 def test_killed_build_leftovers_are_replaced(tmp_path, tokenizer_dir, wiki_texts):
@@ -388,7 +503,8 @@ def test_tokenizer_without_eos_is_refused(tmp_path, tokenizer_dir, wiki_texts):
 
 @pytest.mark.parametrize("weight", [0, -1.0, math.nan, math.inf])
 def test_weights_must_be_positive(tmp_path, weight):
-    with pytest.raises(ConfigError, match=r"weight is .*; weights must be positive"):
+    # nan and inf: the config loader refuses any non-finite number before SourceConfig.validate sees it
+    with pytest.raises(ConfigError, match=r"weight(: expected a finite number| is .*; weights must be positive)"):
         config({"s": ("unused", weight)}, tmp_path)
 
 

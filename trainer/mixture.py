@@ -36,6 +36,15 @@ def _mix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def mix64_array(x: np.ndarray) -> np.ndarray:
+    """``_mix64`` of every element of a ``uint64`` array (numpy's uint64 arithmetic wraps modulo 2^64, as the
+    masks there do)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 class FeistelPermutation:
     """A keyed pseudo-random bijection of ``range(n)``: O(1) memory, O(1) expected time per lookup.
 

@@ -97,8 +97,9 @@ def _make_stream(config: TrainConfig, stage: StageConfig, vocab_size: int, d: Di
     from trainer.data import prepare
 
     # Every rank calls prepare: the token cache is built once under a file lock and the other ranks wait and
-    # read it. seed None: the data order is data.seed's.
-    return prepare(stage.data, config.model).stream(None, d.rank, d.world_size)
+    # read it. Each source is tokenised as far as its share of the tokens the stage draws needs. seed None: the
+    # data order is data.seed's.
+    return prepare(stage.data, config.model, stage.steps * stage.tokens_per_step).stream(None, d.rank, d.world_size)
 
 
 def _barrier(d: Dist) -> None:
@@ -264,6 +265,8 @@ def train_stage(config: TrainConfig, index: int, init_dir: Path, d: Dist, precis
                "mfu": mean_tps and mfu(mean_tps / d.world_size, flops_per_token, peak),
                "flops_per_token": flops_per_token, "matmul_params": n_matmul, "world_size": d.world_size,
                "precision": precision, "wall_s": wall, "realised_mixture": realised, "deepspeed": ds_config,
+               # per source: documents and tokens used, planned epochs, rejected rows included or left out
+               "data": stream.mixture.stats() if stage.data is not None else None,
                "stage_config": _stage_fingerprint(stage), "init_from_stage": _init_source(config, index)}
     if config.export and d.is_main:
         export(total, stage_dir / "final")
