@@ -29,7 +29,7 @@ from eval.backends import open_backend
 from eval.metrics import score_ci, stratified_bootstrap_ci
 from eval.report import write_outputs
 from trait import UserError
-from trait.config import field, from_dict, to_dict
+from trait.config import ConfigError, field, from_dict, to_dict
 
 log = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -57,6 +57,15 @@ class EvalOptions:
     chat: bool = field(False, help="prompts as chat messages with the model's chat template (vllm, openai: the "
                                    "chat completions API, generation tasks only; hf: the tokenizer's template)")
     seed: int = field(0, help="seed of lm-eval (python, numpy, torch, few-shot sampling), the server and bootstraps")
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.num_concurrent < 1:
+            raise ConfigError(f"batch_size and num_concurrent must be >= 1, got {self.batch_size} and "
+                              f"{self.num_concurrent}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ConfigError(f"num_fewshot must be >= 0, got {self.num_fewshot}")
+        if self.max_gen_toks is not None and self.max_gen_toks < 1:
+            raise ConfigError(f"max_gen_toks must be >= 1, or empty for each task's own; got {self.max_gen_toks}")
 
 
 def resolve_tasks(names: list[str], manager) -> list[str]:

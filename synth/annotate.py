@@ -23,6 +23,7 @@ import hashlib
 import heapq
 import json
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -98,6 +99,9 @@ class AnnotateConfig:
             raise ConfigError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
         if self.max_justification_chars is not None and self.max_justification_chars < 1:
             raise ConfigError("max_justification_chars must be >= 1 or null")
+        if not 0 < self.timeout_s < math.inf or self.max_retries < 0:
+            raise ConfigError(f"timeout_s must be a positive number of seconds and max_retries >= 0, got "
+                              f"{self.timeout_s} and {self.max_retries}")
 
 
 def _rank(seed: int, ident: str) -> bytes:

@@ -51,6 +51,8 @@ class GroupingConfig:
                               f"{self.max_problems} (a passage combines problems from different tasks)")
         if self.max_uses < 1 or self.neighbours < 1 or self.block_size < 1:
             raise ConfigError("grouping: max_uses, neighbours and block_size must be >= 1")
+        if not -1 <= self.min_similarity <= 1:
+            raise ConfigError(f"grouping: min_similarity is a cosine similarity, in [-1, 1]; got {self.min_similarity}")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import signal
@@ -33,7 +34,7 @@ import httpx
 
 from synth.tiny_model import TinyModelConfig, build_tiny_model
 from trait import UserError
-from trait.config import field
+from trait.config import ConfigError, field
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +85,17 @@ class ServerConfig:
     startup_timeout_s: float = field(600.0, help="seconds to wait for GET /health before giving up")
     stop_grace_s: float = field(20.0, help="seconds between SIGTERM and SIGKILL when stopping")
     tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig, help="shape of the embedded model")
+
+    def validate(self) -> None:
+        if self.tensor_parallel_size < 1 or self.cpu_kvcache_gib < 1:
+            raise ConfigError(f"server: tensor_parallel_size and cpu_kvcache_gib must be >= 1, got "
+                              f"{self.tensor_parallel_size} and {self.cpu_kvcache_gib}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError(f"server: max_model_len must be >= 1 tokens, or empty for the model's; got "
+                              f"{self.max_model_len}")
+        if not 0 < self.startup_timeout_s < math.inf or not 0 <= self.stop_grace_s < math.inf:
+            raise ConfigError(f"server: startup_timeout_s must be a positive number of seconds and stop_grace_s "
+                              f">= 0, got {self.startup_timeout_s} and {self.stop_grace_s}")
 
 
 def free_port() -> int:

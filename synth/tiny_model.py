@@ -51,7 +51,14 @@ class TinyModelConfig:
     seed: int = field(0, help="seed of the weight draw")
     text_chars: int = field(2_000_000, help="characters of local text the tokenizer is trained on")
 
+    def validate(self) -> None:
+        self.check()
+
     def check(self) -> None:
+        sizes = ("hidden_size", "num_heads", "num_layers", "intermediate_size", "max_position_embeddings", "text_chars")
+        small = [f"{k} {getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
+        if small:
+            raise ConfigError(f"tiny model: {', '.join(small)}: every size must be >= 1")
         head_dim, rest = divmod(self.hidden_size, self.num_heads)
         if rest or head_dim not in (32, 64, 80, 96, 112, 128, 160, 192, 224, 256):
             raise ConfigError(f"tiny model: hidden_size/num_heads = {self.hidden_size}/{self.num_heads} is not a "

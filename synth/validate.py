@@ -60,6 +60,8 @@ class ValidationConfig:
     def validate(self) -> None:
         if self.on_failure not in ("drop", "flag"):
             raise ConfigError(f"on_failure must be 'drop' or 'flag', got {self.on_failure!r}")
+        if self.min_paragraph_words < 0:
+            raise ConfigError(f"min_paragraph_words must be >= 0, got {self.min_paragraph_words}")
         if not 0 <= self.min_words <= self.max_words or not 0 <= self.min_chars <= self.max_chars:
             raise ConfigError(f"length bounds need 0 <= min <= max: words [{self.min_words}, {self.max_words}], "
                               f"chars [{self.min_chars}, {self.max_chars}]")
