@@ -16,6 +16,8 @@ from spark_jobs.ingest import IngestConfig, run_ingest
 from trait.config import ConfigError, from_dict
 from trait.contract import QUARANTINE_DIR, doc_id, finished_dataset, validate_table
 
+from .conftest import write_jsonl
+
 GOOD = [
     {"id": "a1", "text": "Hello, world!", "meta": {"url": "http://x/1"}},
     {"id": 2, "text": "Zwei Wörter\nund mehr", "meta": {"url": None}},
@@ -153,3 +155,53 @@ def test_token_counts_with_a_hugging_face_tokenizer(spark, tmp_path):
     rows = _read(tmp_path / "out").to_pylist()
     assert [r["n_tokens"] for r in rows] == [len(tok.encode(r["text"], add_special_tokens=False).ids) for r in rows]
     assert manifest["tokenizer"] == cfg.tokenizer
+
+
+def test_repeated_ids_keep_their_first_row_by_input_order_then_file_then_position(spark, tmp_path, monkeypatch):
+    """The issue's probe: two inputs sharing 100 ids and a file repeating 50 lines. The second input's file name
+    sorts first, so input order must win over file order; splits of 2 KB put repeats of one file in other
+    tasks, so position in the file (not task timing) must decide."""
+    monkeypatch.setattr("spark_jobs.ingest.SPLIT_BYTES", 2048)
+    first = write_jsonl(tmp_path / "z_first.jsonl", [{"id": i, "text": f"first input {i}"} for i in range(200)])
+    second = write_jsonl(tmp_path / "a_second.jsonl", [{"id": i, "text": f"second input {i}"}
+                                                        for i in range(100, 300)])
+    lines = [{"id": i, "text": f"line {i}"} for i in range(300, 350)]
+    repeats = write_jsonl(tmp_path / "repeats.jsonl", lines
+                          + [{"id": i, "text": f"again {i}"} for i in range(300, 350)])
+    pq.write_table(pa.table({"id": [400, 401, 400, 401], "text": ["pq a", "pq b", "pq c", "pq d"]}),
+                   tmp_path / "rows.parquet", row_group_size=1)
+    inputs = [{"path": str(p), "source": "web"} for p in (first, second, repeats)]
+    inputs.append({"path": str(tmp_path / "rows.parquet"), "source": "web", "url_field": None})
+    manifest = run_ingest(spark, from_dict(IngestConfig, {"inputs": inputs}), str(tmp_path / "out"))
+
+    rows = _read(tmp_path / "out").to_pylist()
+    assert len(rows) == len({r["id"] for r in rows}) == 352
+    kept = {r["id"]: r["text"] for r in rows}
+    assert all(kept[doc_id("web", f"id:{i}")] == f"first input {i}" for i in range(200))
+    assert all(kept[doc_id("web", f"id:{i}")] == f"second input {i}" for i in range(200, 300))
+    assert all(kept[doc_id("web", f"id:{i}")] == f"line {i}" for i in range(300, 350))
+    assert {kept[doc_id("web", "id:400")], kept[doc_id("web", "id:401")]} == {"pq a", "pq b"}
+
+    quarantine = pq.read_table(tmp_path / "out" / QUARANTINE_DIR).to_pylist()
+    assert {q["reason"] for q in quarantine} == {"duplicate_id"}
+    assert sorted(q["raw"].decode() for q in quarantine) == sorted(
+        [f"second input {i}" for i in range(100, 200)] + [f"again {i}" for i in range(300, 350)] + ["pq c", "pq d"])
+    moved = next(q for q in quarantine if q["raw"] == b"second input 150")
+    assert moved["input_file"].endswith("a_second.jsonl") and "z_first.jsonl" in moved["detail"]
+    counts = manifest["counts"]
+    assert counts["rows_in"] == 200 + 200 + 100 + 4 == counts["rows_out"] + counts["rows_quarantined"]
+    assert counts["quarantined_by_reason"]["duplicate_id"] == 152
+    assert counts["by_input_source"]["web"]["quarantined"] == {"duplicate_id": 152}
+    assert manifest["splits"] >= 10
+
+
+def test_repeated_ids_of_a_sub_source_are_counted_under_their_input(spark, tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "text": "a", "set": "x"}, {"id": 1, "text": "b", "set": "x"},
+                                        {"id": 1, "text": "c", "set": "y"}])
+    cfg = from_dict(IngestConfig, {"inputs": [{"path": str(tmp_path / "in.jsonl"), "source": "pile",
+                                               "source_field": "set"}]})
+    counts = run_ingest(spark, cfg, str(tmp_path / "out"))["counts"]
+    assert counts["by_source"] == {"pile/x": {"rows_out": 1, "tokens_out": 1}, "pile/y": {"rows_out": 1,
+                                                                                         "tokens_out": 1}}
+    assert counts["by_input_source"]["pile"] == {"rows_in": 3, "rows_out": 2, "tokens_out": 2,
+                                                 "quarantined": {"duplicate_id": 1}}

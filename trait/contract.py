@@ -46,6 +46,11 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("raw", pa.binary(), nullable=True),
     ]
 )
+# Why ingest quarantines a row (`reason`; `detail` says more). `corrupt_file`: one row for a file that cannot be
+# decoded past some point; `duplicate_id`: a row whose id an earlier row (input order, file, position) has.
+INGEST_QUARANTINE_REASONS = ("blank_line", "invalid_utf8", "invalid_json", "not_an_object", "null_text",
+                             "text_not_string", "empty_text", "too_large", "invalid_unicode", "corrupt_file",
+                             "duplicate_id")
 
 _SCORE_COLUMN = re.compile(r"^score_[a-z0-9_]+_v[0-9]+$")
 
