@@ -22,16 +22,25 @@ import gzip
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trait.config import ConfigError
+from trait.config import ConfigError, field
 
 log = logging.getLogger(__name__)
 
 TASKS_PREFIX = "tasks:"
 NEIGHBOURS = 10  # k of the nearest-neighbour source mix
+
+
+@dataclass
+class DatamapConfig:
+    """``trait datamap``'s settings (the sources and the output are per-run flags)."""
+
+    per_source: int = field(500, help="texts sampled per source")
+    seed: int = field(0, help="seed of the samples and of t-SNE")
 
 
 def parse_source(spec: str) -> tuple[str, str]:

@@ -4,20 +4,20 @@ Ingest the seed and the pool; deduplicate the pool; decontaminate both against t
 splits; train the domain and quality classifiers; score the pool on Spark and select (TRAIT); draw a random and a
 DSIR selection at the same token budget; write the threshold-tuning report. Prints documents and tokens scored and
 kept by source, the resolved thresholds, the held-out metrics, what dedup and decontamination removed, and the
-three selections side by side. The configs are the YAML files in ``infra/configs/demo`` (``${data}`` and
-``${work}`` are filled in here).
+three selections side by side. The configs are the YAML files in ``infra/configs/demo``, loaded by the loader
+every command uses, with ``${data}`` and ``${work}`` set to this run's directories (each file's ``vars:`` block
+holds the defaults a command run alone uses: ``runs/demo`` and ``../shared/data``).
 """
 
 from __future__ import annotations
 
 import logging
-import string
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from trait.config import ConfigError, from_dict
+from trait.benchmarks import default_shared_data
+from trait.config import ConfigError, field, from_dict, load_config
 from trait.decontam import DecontamConfig
 from trait.minhash import DedupConfig
 
@@ -38,10 +38,13 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parent.parent / "infra" / "configs" / "demo"
 
 
-def load_demo_config(cls, name: str, values: dict[str, str]):
-    """Config ``cls`` from ``infra/configs/demo/<name>`` with ``${data}`` and ``${work}`` filled in."""
-    text = string.Template((CONFIGS / name).read_text()).substitute(values)
-    return from_dict(cls, yaml.safe_load(text), name)
+@dataclass
+class DemoConfig:
+    """``trait demo``'s settings."""
+
+    data: str = field(default_factory=default_shared_data, help="the shared data directory ($TRAIT_SHARED_DATA, "
+                      "else ../shared/data)")
+    workdir: str = field("runs/demo", help="where the demo writes its datasets and models")
 
 
 def summary_table(scored: dict, selected: dict, cards: list[dict]) -> str:
@@ -96,19 +99,19 @@ def run_demo(workdir: str, data: str, master: str | None = None) -> dict:
         raise ConfigError(f"{data} does not look like the shared data directory (no corpora/ inside); "
                           "pass --data or set TRAIT_SHARED_DATA")
     spark = get_spark("trait-demo", master)
-    run_ingest(spark, load_demo_config(IngestConfig, "ingest_seed.yaml", values), str(work / "raw_seed"))
-    run_ingest(spark, load_demo_config(IngestConfig, "ingest_pool.yaml", values), str(work / "raw_pool"))
+    run_ingest(spark, load_config(IngestConfig, CONFIGS / "ingest_seed.yaml", vars=values), str(work / "raw_seed"))
+    run_ingest(spark, load_config(IngestConfig, CONFIGS / "ingest_pool.yaml", vars=values), str(work / "raw_pool"))
     dedup = run_dedup(spark, from_dict(DedupConfig, {}), str(work / "raw_pool"), str(work / "dedup_pool"))
     decontam = from_dict(DecontamConfig, {"shared_data": values["data"]})
     decontaminated = {name: run_decontaminate(spark, decontam, str(work / src), str(work / name))
                       for name, src in (("seed", "raw_seed"), ("pool", "dedup_pool"))}
     cards = []
     for name in ("classifier_domain.yaml", "classifier_quality.yaml"):
-        cfg = load_demo_config(ClassifierConfig, name, values)
+        cfg = load_config(ClassifierConfig, CONFIGS / name, vars=values)
         cards.append(train_classifier(cfg, work / "models" / cfg.name))
     models = [str(work / "models" / c["name"]) for c in cards]
     scored = run_score(spark, from_dict(ScoreConfig, {"models": models}), str(work / "pool"), str(work / "scored"))
-    selected = run_select(spark, load_demo_config(SelectConfig, "select.yaml", values), str(work / "scored"),
+    selected = run_select(spark, load_config(SelectConfig, CONFIGS / "select.yaml", vars=values), str(work / "scored"),
                           str(work / "selected"))
     # The paper's baselines draw from the same scored pool to the budget the TRAIT selection reached.
     same_budget = {"budget_from": str(work / "selected"), "seed": 0}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
+
+from trait.cli import COMMANDS, build_parser, load_command_config, main
+from trait.config import describe, show
 
 from .conftest import REPO, SHARED_DATA, read_jsonl, write_jsonl
 
@@ -33,6 +37,82 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
     proc = trait("classifier", "train", "--name", "x", "--positives", str(tmp_path), "--negatives", str(tmp_path),
                  "--output", str(tmp_path / "m"), check=False)
     assert proc.returncode == 2 and "not a finished dataset" in proc.stderr
+
+
+@pytest.mark.parametrize("words", list(COMMANDS), ids=" ".join)
+def test_help_shows_every_config_field_with_its_default(words, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping: an option's help is on its line or the next
+    with pytest.raises(SystemExit) as done:
+        main([*words, "--help"])
+    assert done.value.code == 0
+    lines = capsys.readouterr().out.splitlines() + [""]
+    for doc in describe(COMMANDS[words].config_class()):
+        option = f"--{doc.key.replace('_', '-')}"  # '--lr LR', or '--export, --no-export' for a switch
+        at = [i for i, x in enumerate(lines)
+              if x.split(" ", 3)[2:3] in ([option], [option + ","]) or x.startswith(f"  {doc.key} (")]
+        assert at, f"{doc.key} is not in trait {' '.join(words)} --help"
+        line = lines[at[0]] + lines[at[0] + 1] * lines[at[0] + 1].startswith(" " * 24)
+        if doc.default is dataclasses.MISSING:
+            assert "required" in line, line
+        elif not dataclasses.is_dataclass(doc.default):
+            assert f"default: {show(doc.default)}" in line, line
+
+
+def config_of(*argv):
+    """The validated config ``trait ARGV`` would run with."""
+    args = build_parser(list(argv)).parse_args(list(argv))
+    return load_command_config(args.command_spec, args)
+
+
+def test_options_aliases_and_set_reach_the_config(tmp_path):
+    assert config_of("score", "--input", "i", "--output", "o", "--model", "a", "b").models == ["a", "b"]
+    ingest = config_of("ingest", "--input", "x/*.jsonl", "y.jsonl", "--source", "web", "--url-field", "none",
+                       "--text-field", "body", "--output", "o").inputs
+    assert [(i.path, i.source, i.url_field, i.text_field) for i in ingest] == [
+        ("x/*.jsonl", "web", None, "body"), ("y.jsonl", "web", None, "body")]
+    select = config_of("select", "--input", "i", "--output", "o", "--domain", "score_d_v1:token_budget=1e6",
+                       "--set", "quality.column=score_q_v1", "--set", "quality.percentile=50")
+    assert (select.domain.token_budget, select.quality.column, select.quality.percentile) == (10**6, "score_q_v1",
+                                                                                              50.0)
+    synth = config_of("synth", "generate", "--output", "o", "--tasks", "gsm8k", "math", "--endpoint", "http://h/v1",
+                      "--set", "server.tiny_model.seed=3", "--set", "sampling.temperature=0")
+    assert (synth.server.endpoint, synth.server.tiny_model.seed, synth.sampling["temperature"]) == ("http://h/v1", 3, 0)
+    ev = config_of("eval", "--model", "m", "--tasks", "ads", "--judge-endpoint", "http://j/v1", "--chat",
+                   "--batch-size", "4")
+    assert (ev.judge, ev.chat, ev.batch_size) == ("http://j/v1", True, 4)
+    decontam = config_of("decontaminate", "--input", "i", "--output", "o", "--data", str(SHARED_DATA), "-n", "8",
+                         "--benchmarks", "gsm8k")
+    assert (decontam.shared_data, decontam.n, decontam.benchmarks) == (str(SHARED_DATA), 8, ["gsm8k"])
+    # The file, then the options, then --set.
+    config = tmp_path / "dedup.yaml"
+    config.write_text("threshold: 0.9\nbands: 20\nrows: 5\n")
+    dedup = config_of("dedup", "--input", "i", "--output", "o", "--config", str(config), "--bands", "16",
+                      "--rows", "10", "--set", "rows=8")
+    assert (dedup.threshold, dedup.bands, dedup.rows) == (0.9, 16, 8)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "abc"], "--lr: expected float, got 'abc'; write a number such as 0.5 or 3e-3"),
+    (["--set", "lrr=3"], "--set lrr=3: unknown key 'lrr'; did you mean 'lr'?"),
+    (["--set", "negatives.0.sorces=[a]"], "--set negatives.0.sorces=[a]: unknown key 'sorces' in negatives.0; did "
+                                          "you mean 'sources'?"),
+    (["--set", "vars.work=/nowhere", "--set", "lr=3e-3"], "/nowhere/seed is not a finished dataset"),
+])
+def test_a_config_mistake_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    # The README's command: the file's ${work} comes from its vars: block, or here from --set vars.work.
+    code = main(["classifier", "train", "--config", str(REPO / "infra/configs/demo/classifier_domain.yaml"),
+                 "--output", str(tmp_path / "m"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"trait: error: {message}") and err.count("\n") == 1, err
+
+
+def test_config_file_mistakes_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nlr: [0.5\n")
+    for path, message in [(bad, f"{bad}:3:1: YAML syntax error: "), (tmp_path / "none.yaml", "config file "),
+                          (tmp_path, "config ")]:
+        assert main(["classifier", "train", "--config", str(path), "--output", str(tmp_path / "m")]) == 2
+        assert capsys.readouterr().err.startswith(f"trait: error: {message}")
 
 
 def test_the_chain_through_the_command_line(tmp_path):

@@ -1,392 +1,432 @@
-"""``trait``: the front door. One subcommand per job; ``trait <command> --help`` for each."""
+"""``trait``: the front door. One subcommand per job; ``trait <command> --help`` for each.
+
+A command's options come from its config dataclass (``trait.config.describe``): field ``token_budget`` is
+``--token-budget``, with the field's help and default. Every command also takes ``--config FILE`` and
+``--set KEY=VALUE`` (docs/configuration.md); the flags written out here are only what varies per run: paths,
+``--master``, ``--overwrite``, ``--nproc``, ...
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import logging
-import os
 import sys
-
-import yaml
+import tempfile
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from trait import UserError
-from trait.config import ConfigError, from_dict
+from trait.config import (
+    ConfigError,
+    FieldDoc,
+    describe,
+    load_config,
+    parse_flag,
+    parse_overrides,
+    show,
+    to_dict,
+    type_name,
+)
 
 
-def _config(cls, path: str | None, overrides: dict):
-    """Config ``cls`` from an optional YAML file, with CLI values (those not None) on top."""
-    data = {}
-    if path:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(cls, data, path or cls.__name__)
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand: its config class (imported only when the command is used), the job, and its per-run flags."""
 
+    help: str
+    config: str  # "module:Class"
+    run: Callable[[Any, argparse.Namespace], dict | None]  # (validated config, parsed flags) -> result to print
+    flags: Callable[[argparse.ArgumentParser], None] = lambda p: None  # the per-run flags
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)  # another option -> dotted field key
+    overrides: Callable[[argparse.Namespace], dict] = lambda args: {}  # config values the per-run flags imply
+    description: str | None = None
+
+    def config_class(self) -> type:
+        module, name = self.config.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+# --- options generated from config fields --------------------------------------------------------------------------
+
+FIELD, INPUT = "field:", "input:"  # the dest prefixes of generated options: a config field, ingest's --input spec
+
+
+def _help(doc: FieldDoc) -> str:
+    default = "required" if doc.default is dataclasses.MISSING else f"default: {show(doc.default)}"
+    return f"{doc.help} ({default})".replace("%", "%%")
+
+
+def _add_field_option(p: argparse.ArgumentParser, doc: FieldDoc, flag: str, dest: str, help: str) -> None:
+    kwargs = {"dest": dest, "default": argparse.SUPPRESS, "help": help}
+    if doc.shape == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["metavar"] = doc.key.rsplit(".", 1)[-1].upper()
+        if doc.shape == "list":
+            kwargs["nargs"] = "+"
+    p.add_argument(flag, **kwargs)
+    p.get_default("option_labels").setdefault(dest, (flag, doc.type))  # an alias after its field: the field's name
+
+
+def _add_field_options(p: argparse.ArgumentParser, docs: list[FieldDoc], prefix: str, skip: tuple = ()) -> set[str]:
+    """One option per top-level field that a command line can give (a value, a list or a switch); their keys."""
+    done = set()
+    for doc in docs:
+        if "." not in doc.key and doc.shape and doc.key not in skip:
+            _add_field_option(p, doc, "--" + doc.key.replace("_", "-"), prefix + doc.key, _help(doc))
+            done.add(doc.key)
+    return done
+
+
+def _given(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """``{field key: value}`` of the generated options given on the command line, parsed for their fields."""
+    labels = args.option_labels
+    return {dest[len(prefix):]: parse_flag(labels[dest][1], value, labels[dest][0])
+            for dest, value in vars(args).items() if dest.startswith(prefix)}
+
+
+def _epilog(docs: list[FieldDoc], with_option: set[str]) -> str:
+    """The fields without an option of their own (nested ones, mappings), with type, default and help."""
+    lines = []
+    for doc in docs:
+        if doc.key in with_option:
+            continue
+        head = f"  {doc.key} ({type_name(doc.type)}"
+        if doc.default is dataclasses.MISSING:
+            head += ", required"
+        elif not dataclasses.is_dataclass(doc.default):  # a nested config's own fields follow, with their defaults
+            head += f", default: {show(doc.default)}"
+        lines += [head + ")", textwrap.fill(doc.help, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)]
+    if not lines:
+        return ""
+    return "\n".join(["config fields without an option of their own: set them in the --config file or with "
+                      "--set KEY=VALUE", *lines])
+
+
+def _add_config_options(p: argparse.ArgumentParser, command: Command) -> None:
+    cls = command.config_class()
+    p.set_defaults(command_spec=command, option_labels={})
+    p.add_argument("--config", metavar="FILE", help=f"YAML file of {cls.__name__} fields (the options and the list "
+                   "below); ${name} in its values is filled from its vars: block, --set vars.NAME=VALUE, or the "
+                   "environment")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a config field by its dotted key, e.g. lr=3e-3, server.endpoint=URL, inputs.0.path=PATH "
+                   "(the value is YAML; repeatable; applied over --config and the options)")
+    command.flags(p)
+    docs = describe(cls)
+    with_option = _add_field_options(p, docs, FIELD)
+    for flag, key in command.aliases.items():
+        doc = next(d for d in docs if d.key == key)
+        _add_field_option(p, doc, flag, FIELD + key, f"same as --{key.replace('_', '-')}" if key in with_option
+                          else _help(doc))  # a nested field's shortcut: the field is still listed below
+    p.epilog = _epilog(docs, with_option)
+
+
+def load_command_config(command: Command, args: argparse.Namespace) -> Any:
+    """The command's validated config: --config, then the per-run flags' values, the options, and --set."""
+    cls = command.config_class()
+    overrides = {**command.overrides(args), **_given(args, FIELD), **parse_overrides(cls, args.set)}
+    return load_config(cls, args.config, overrides)
+
+
+# --- per-run flags and the jobs ------------------------------------------------------------------------------------
 
 def _spark_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
     p.add_argument("--overwrite", action="store_true", help="replace a finished output made with other settings")
 
 
-def _spark_job(sub, name: str, help: str, func, config: str, input_help: str = "finished contract dataset",
-               output_help: str = "output dataset directory") -> argparse.ArgumentParser:
-    """A subcommand for a Spark job that reads one finished dataset: --config, --input, --output, --master,
-    --overwrite; the caller adds the job's own flags."""
-    p = sub.add_parser(name, help=help)
-    p.add_argument("--config", help=f"YAML {config}")
-    p.add_argument("--input", required=True, help=input_help)
-    p.add_argument("--output", required=True, help=output_help)
-    _spark_args(p)
-    p.set_defaults(func=func)
-    return p
+def _spark_flags(input_help: str = "finished contract dataset", output_help: str = "output dataset directory",
+                 extra: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    """--input, --output, --master, --overwrite (a Spark job reading one finished dataset), then ``extra``."""
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--input", required=True, help=input_help)
+        p.add_argument("--output", required=True, help=output_help)
+        _spark_args(p)
+        extra(p)
+    return add
 
 
-def _ingest(args) -> dict:
-    from spark_jobs.ingest import IngestConfig, run_ingest
+def _spark(name: str, args: argparse.Namespace, **kwargs):
     from spark_jobs.session import get_spark
 
-    single = None
-    if args.input:
-        if not args.source:
-            raise ConfigError("--input needs --source")
-        given = {"format": args.format, "text_field": args.text_field, "id_field": args.id_field,
-                 "url_field": args.url_field}
-        # "none" says the input has no such field (the id then comes from the url or the text).
-        given = {k: (None if v.lower() == "none" else v) for k, v in given.items() if v is not None}
-        single = [{"path": p, "source": args.source, **given} for p in args.input]
-    cfg = _config(IngestConfig, args.config, {"inputs": single, "tokenizer": args.tokenizer})
-    return run_ingest(get_spark("trait-ingest", args.master), cfg, args.output, args.overwrite)
+    return get_spark(f"trait-{name}", args.master, **kwargs)
 
 
-def _classifier_train(args) -> dict:
-    from spark_jobs.classifier import ClassifierConfig, train_classifier
+def _ingest_flags(p: argparse.ArgumentParser) -> None:
+    from spark_jobs.ingest import InputSpec
 
-    cfg = _config(ClassifierConfig, args.config, {"name": args.name, "positives": args.positives,
-                                                  "negatives": args.negatives, "labelled": args.labelled,
-                                                  "seed": args.seed})
+    p.add_argument("--input", nargs="+", help="glob(s) or URI(s) of one source's files, instead of the config's "
+                   "inputs; --source and the options after it describe them")
+    _add_field_options(p, describe(InputSpec), INPUT, skip=("path",))
+    p.add_argument("--output", required=True, help="output dataset directory")
+    _spark_args(p)
+
+
+def _ingest_inputs(args: argparse.Namespace) -> dict:
+    """--input with --source, --text-field, ...: the config's inputs, one per glob."""
+    spec = _given(args, INPUT)
+    if not args.input:
+        if spec:
+            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in spec)}: these describe --input's files; "
+                              "give --input too")
+        return {}
+    if "source" not in spec:
+        raise ConfigError("--input needs --source (the source name written to every row, e.g. wiki/enwiki-2015)")
+    return {"inputs": [{"path": path, **spec} for path in args.input]}
+
+
+def _ingest(cfg, args) -> dict:
+    from spark_jobs.ingest import run_ingest
+
+    return run_ingest(_spark("ingest", args), cfg, args.output, args.overwrite)
+
+
+def _classifier_train(cfg, args) -> dict:
+    from spark_jobs.classifier import train_classifier
+
     return train_classifier(cfg, args.output)
 
 
-def _score(args) -> dict:
-    from spark_jobs.score import ScoreConfig, run_score
-    from spark_jobs.session import get_spark
-
-    cfg = _config(ScoreConfig, args.config, {"models": args.model})
-    return run_score(get_spark("trait-score", args.master, scheduler_only=True), cfg, args.input, args.output,
-                     args.overwrite)
-
-
-def _select(args) -> dict:
-    from spark_jobs.select import SelectConfig, Threshold, run_select
-    from spark_jobs.session import get_spark
-
-    overrides = {k: Threshold.parse(v) for k, v in (("domain", args.domain), ("quality", args.quality)) if v}
-    cfg = _config(SelectConfig, args.config, overrides)
-    return run_select(get_spark("trait-select", args.master), cfg, args.input, args.output, args.overwrite)
+def _spark_job(target: str, name: str, **session):
+    """The run of a Spark job that reads --input: ``module:function(spark, config, input, output, overwrite)``,
+    imported when the command runs."""
+    def run(cfg, args) -> dict:
+        module, function = target.split(":")
+        job = getattr(importlib.import_module(module), function)
+        return job(_spark(name, args, **session), cfg, args.input, args.output, args.overwrite)
+    return run
 
 
-def _decontaminate(args) -> dict:
-    from spark_jobs.decontaminate import run_decontaminate
-    from spark_jobs.session import get_spark
-    from trait.decontam import DecontamConfig
+def _report(cfg, args) -> dict:
+    from spark_jobs.report import run_report
 
-    cfg = _config(DecontamConfig, args.config, {"shared_data": args.data, "benchmarks": args.benchmarks,
-                                                "eval_files": args.eval_file, "n": args.n})
-    return run_decontaminate(get_spark("trait-decontaminate", args.master), cfg, args.input, args.output,
-                             args.overwrite)
+    return run_report(_spark("report", args), cfg, args.input, args.output, args.validation, args.overwrite)
 
 
-def _report(args) -> dict:
-    from spark_jobs.report import ReportConfig, run_report
-    from spark_jobs.session import get_spark
+def _baseline_dsir(cfg, args) -> dict:
+    from spark_jobs.dsir import run_dsir
 
-    cfg = _config(ReportConfig, args.config, {"positive_sources": args.positive_sources})
-    return run_report(get_spark("trait-report", args.master), cfg, args.input, args.output, args.validation,
-                      args.overwrite)
+    return run_dsir(_spark("baseline-dsir", args), cfg, args.input, args.target, args.output, args.overwrite)
 
 
-def _dedup(args) -> dict:
-    from spark_jobs.dedup import run_dedup
-    from spark_jobs.session import get_spark
-    from trait.minhash import DedupConfig
+def _synth_generate(cfg, args) -> dict:
+    from synth.generate import run_generate
 
-    cfg = _config(DedupConfig, args.config, {"threshold": args.threshold, "bands": args.bands, "rows": args.rows})
-    return run_dedup(get_spark("trait-dedup", args.master), cfg, args.input, args.output, args.overwrite)
-
-
-def _baseline(args) -> dict:
-    from spark_jobs.session import get_spark
-
-    overrides = {"seed": args.seed, "token_budget": args.token_budget, "budget_from": args.budget_from}
-    spark_name = f"trait-baseline-{args.action}"
-    if args.action == "random":
-        from spark_jobs.baselines import RandomConfig, run_random
-
-        cfg = _config(RandomConfig, args.config, overrides)
-        return run_random(get_spark(spark_name, args.master), cfg, args.input, args.output, args.overwrite)
-    from spark_jobs.dsir import DsirConfig, run_dsir
-
-    if not args.target:
-        raise ConfigError("baseline dsir needs --target DIR (the in-domain seed dataset)")
-    cfg = _config(DsirConfig, args.config, overrides)
-    return run_dsir(get_spark(spark_name, args.master), cfg, args.input, args.target, args.output, args.overwrite)
-
-
-def _synth_generate(args) -> dict:
-    from synth.generate import SynthConfig, run_generate
-
-    cfg = _config(SynthConfig, args.config, {"tasks": args.tasks, "limit": args.limit})
-    if args.endpoint:
-        cfg.server.endpoint = args.endpoint
     return run_generate(cfg, args.output, args.chunk, args.num_chunks)
 
 
-def _synth_annotate(args) -> dict:
-    from synth.annotate import AnnotateConfig, run_annotate
+def _synth_annotate(cfg, args) -> dict:
+    from synth.annotate import run_annotate
 
-    cfg = _config(AnnotateConfig, args.config, {"sample_size": args.sample_size})
-    if args.endpoint:
-        cfg.server.endpoint = args.endpoint
     return run_annotate(cfg, args.input, args.output)
 
 
-def _train(args) -> dict:
-    from trainer.config import TrainConfig
+def _train(cfg, args) -> dict:
     from trainer.train import PREEMPTED_EXIT, Preempted, launch_local, run_training
-    from trait.config import load
 
     if args.nproc > 1:  # torchrun with `python -m trainer.train` as the entry point; it writes the summary
-        code = launch_local(args.config, args.nproc, args.resume)
+        with tempfile.TemporaryDirectory(prefix="trait-train-") as tmp:
+            resolved = Path(tmp, "train_config.yaml")  # the workers read the config as resolved here (JSON is YAML)
+            resolved.write_text(json.dumps(to_dict(cfg)))
+            code = launch_local(str(resolved), args.nproc, args.resume)
         if code:
             print(f"trait: training stopped (torchrun exit {code}); rerun with --resume auto to continue from the "
                   "newest complete checkpoint", file=sys.stderr)
             sys.exit(code)
-        with open(os.path.join(load(TrainConfig, args.config).output_dir, "summary.json"), encoding="utf-8") as fh:
-            return json.load(fh)
+        return json.loads(Path(cfg.output_dir, "summary.json").read_text(encoding="utf-8"))
     try:
-        return run_training(load(TrainConfig, args.config), args.resume)
+        return run_training(cfg, args.resume)
     except Preempted as exc:
         print(f"trait: {exc}; rerun to resume", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT)
 
 
-def _eval_options(args) -> dict:
-    """The eval.run.EvalOptions shared by ``trait eval`` and ``trait curves`` (see _eval_model_args)."""
-    return {"endpoint": args.endpoint, "api_key_env": args.api_key_env, "batch_size": args.batch_size,
-            "device": args.device, "num_fewshot": args.num_fewshot, "max_gen_toks": args.max_gen_toks,
-            "chat": args.chat, "seed": args.seed}
-
-
-def _eval(args) -> dict:
-    from eval.report import markdown_table
-    from eval.run import run_eval
-
-    result = run_eval(args.model, args.tasks, backend=args.backend, limit=args.limit, output=args.output,
-                      judge=args.judge_endpoint or args.judge, judge_api_key_env=args.judge_api_key_env,
-                      reference_samples=args.reference_samples, **_eval_options(args))
-    print(markdown_table(result), end="")
-    return result
-
-
-def _curves(args) -> dict:
-    from eval.curves import run_curves
-
-    return run_curves(args.run, args.tasks, args.output, backend=args.backend, limit=args.limit,
-                      **_eval_options(args))
-
-
-def _datamap(args) -> dict:
-    from eval.datamap import run_datamap
-
-    return run_datamap(args.source, args.output, per_source=args.per_source, seed=args.seed)
-
-
-def _demo(args) -> dict:
-    from spark_jobs.demo import run_demo
-
-    return run_demo(args.workdir, args.data, args.master)
-
-
-def _eval_model_args(p: argparse.ArgumentParser, limit_of: str) -> None:
-    """How ``trait eval`` and ``trait curves`` run a model: backend, endpoint, limits, batch, seed."""
-    p.add_argument("--backend", choices=["hf", "vllm", "openai"], default="hf",
-                   help="hf: transformers in this process (CPU float32, GPU bf16); vllm: a local vLLM server "
-                   "started for the run; openai: any OpenAI-compatible --endpoint (default hf)")
-    p.add_argument("--endpoint", help="OpenAI-compatible base URL for --backend openai, e.g. http://host:8000/v1")
-    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (the key itself "
-                   "is never logged or written)")
-    p.add_argument("--limit", type=int, help=f"at most this many {limit_of} (smoke runs)")
-    p.add_argument("--batch-size", type=int, default=1, help="items per forward pass or request (default 1)")
-    p.add_argument("--device", help="hf: cpu or cuda (default: cuda when available)")
-    p.add_argument("--num-fewshot", type=int, help="override the tasks' few-shot counts")
-    p.add_argument("--max-gen-toks", type=int, help="cap the new tokens of every generation task (smoke runs only: "
-                   "scores then differ from the protocol's)")
-    p.add_argument("--chat", action="store_true", help="prompts as chat messages in the model's chat template "
-                   "(vllm/openai: the chat completions API, for generation tasks only)")
-    p.add_argument("--seed", type=int, default=0, help="seed of sampling, few-shot draws and bootstraps (default 0)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trait", description="TRAIT: in-domain data selection, synthetic "
-                                     "task-oriented passages and two-stage continual pre-training.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("ingest", help="JSONL(.gz/.zst)/Parquet -> contract Parquet, bad rows quarantined")
-    p.add_argument("--config", help="YAML IngestConfig (inputs, tokenizer, max_doc_bytes, ...)")
-    p.add_argument("--input", nargs="+", help="glob(s) or URI(s) of one source's files (instead of config inputs)")
-    p.add_argument("--source", help="source name for --input, e.g. wiki/enwiki-2015")
-    p.add_argument("--format", choices=["auto", "jsonl", "parquet"])
-    p.add_argument("--text-field")
-    p.add_argument("--id-field", help="field with the source's document id, or 'none'")
-    p.add_argument("--url-field", help="field with the url, or 'none'")
-    p.add_argument("--tokenizer", help="'words' or 'hf:/path/tokenizer.json'")
-    p.add_argument("--output", required=True)
-    _spark_args(p)
-    p.set_defaults(func=_ingest)
-
-    p = sub.add_parser("classifier", help="fastText classifiers")
-    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = csub.add_parser("train", help="train a domain or quality classifier with held-out metrics")
-    p.add_argument("--config", help="YAML ClassifierConfig")
-    p.add_argument("--name", help="classifier name (score column score_<name>_v<version>)")
-    p.add_argument("--positives", nargs="+", help="contract datasets of positives (in-domain seed)")
-    p.add_argument("--negatives", nargs="+", help="contract datasets to sample negatives from")
-    p.add_argument("--labelled", nargs="+", help="datasets with text and a label column")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--output", required=True, help="directory for <name>_v<version>.bin and card.json")
-    p.set_defaults(func=_classifier_train)
-
-    p = _spark_job(sub, "score", "Spark job: add a float32 score column per classifier to every row", _score,
-                   "ScoreConfig")
-    p.add_argument("--model", nargs="+", help="classifier directories")
-
-    p = _spark_job(sub, "select", "Spark job: keep documents by domain/quality thresholds", _select, "SelectConfig",
-                   "finished scored dataset")
-    p.add_argument("--domain", help="COLUMN:min=X | COLUMN:percentile=P | COLUMN:token_budget=N")
-    p.add_argument("--quality", help="same forms as --domain")
-
-    p = _spark_job(sub, "decontaminate", "Spark job: quarantine documents sharing an n-gram with a benchmark test "
-                   "split or eval file", _decontaminate, "DecontamConfig (shared_data, benchmarks, eval_files, n)")
-    p.add_argument("--benchmarks", nargs="+", help="benchmark names (default: all nine math benchmarks)")
-    p.add_argument("--eval-file", nargs="+", help="more eval sets, each NAME=PATH:FIELD[,FIELD...] ('a+b' joins)")
-    p.add_argument("-n", type=int, help="n-gram length in words (default 13)")
-    p.add_argument("--data", help="shared data dir holding benchmarks/ (default $TRAIT_SHARED_DATA, ../shared/data)")
-
-    p = _spark_job(sub, "report", "Spark job: HTML threshold-tuning report (histograms, percentiles, threshold "
-                   "grid, validation P/R/F1, samples)", _report,
-                   "ReportConfig (bins, percentiles, thresholds, columns, samples)", "finished scored dataset",
-                   "directory for report.html and report.json")
-    p.add_argument("--validation", help="finished scored dataset to judge (default: --input when labels are given)")
-    p.add_argument("--positive-sources", nargs="+", help="source prefixes labelling validation positives")
-
-    p = _spark_job(sub, "dedup", "Spark job: drop exact and MinHash-LSH near duplicates, keeping the smallest id "
-                   "per cluster", _dedup, "DedupConfig (shingle_size, bands, rows, threshold, seed, max_bucket_size)")
-    p.add_argument("--threshold", type=float, help="estimated Jaccard for near duplicates (default 0.8)")
-    p.add_argument("--bands", type=int, help="LSH bands (default 16)")
-    p.add_argument("--rows", type=int, help="signature values per band (default 8)")
-
-    p = sub.add_parser("baseline", help="Spark jobs: selection baselines (random, DSIR) to a token budget")
-    bsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, what in (("random", "seeded uniform random sample"),
-                         ("dsir", "DSIR: hashed n-gram importance weights, Gumbel top-k")):
-        p = _spark_job(bsub, action, f"{what} of the pool, to a token budget", _baseline,
-                       "RandomConfig" if action == "random" else "DsirConfig", "finished contract dataset: the pool")
-        if action == "dsir":
-            p.add_argument("--target", help="finished contract dataset: the in-domain seed (target distribution)")
-        budget = p.add_mutually_exclusive_group()
-        budget.add_argument("--token-budget", type=int, help="tokens to keep")
-        budget.add_argument("--budget-from", help="finished selection whose counts.tokens_out is the budget")
-        p.add_argument("--seed", type=int, help="sampling seed (default 0)")
-        p.set_defaults(target=None)
-
-    p = sub.add_parser("synth", help="task-oriented synthetic passages from a vLLM-served generator")
-    ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = ssub.add_parser("generate", help="group seed problems, generate and validate passages (resumable)")
-    p.add_argument("--config", help="YAML SynthConfig (tasks, grouping, sampling, validation, server)")
-    p.add_argument("--tasks", nargs="+", help="task definition names (synth/tasks/*.yaml)")
-    p.add_argument("--endpoint", help="OpenAI-compatible URL of a running generator (default: start a local vLLM)")
-    p.add_argument("--limit", type=int, help="at most this many passages (smoke runs)")
-    p.add_argument("--chunk", type=int, default=0, help="this run's chunk (a Slurm array task id)")
-    p.add_argument("--num-chunks", type=int, default=1, help="chunks the groups are split into")
-    p.add_argument("--output", required=True, help="output dataset (chunked: one dataset per chunk inside)")
-    p.set_defaults(func=_synth_generate)
-    p = ssub.add_parser("annotate", help="0-5 educational-value labels of sampled documents (FineWeb-Edu recipe) "
-                        "for 'classifier train --labelled' (resumable)")
-    p.add_argument("--config", help="YAML AnnotateConfig (sample_size, seed, max_chars, sampling, server)")
-    p.add_argument("--input", required=True, help="finished contract dataset to sample documents from")
-    p.add_argument("--endpoint", help="OpenAI-compatible URL of a running generator (default: start a local vLLM)")
-    p.add_argument("--sample-size", type=int, help="documents to grade")
-    p.add_argument("--output", required=True, help="output dataset: the documents with an integer 'label' column")
-    p.set_defaults(func=_synth_annotate)
-
-    p = sub.add_parser("train", help="two-stage continual pre-training with DeepSpeed ZeRO-1 (resumable)")
-    p.add_argument("--config", required=True, help="YAML TrainConfig (model, output_dir, stages, ...)")
+def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=int, default=1, help="local processes (torchrun); default 1")
     p.add_argument("--resume", choices=["auto", "never"], default="auto",
                    help="auto: continue from the newest complete checkpoint, skip finished stages (default); "
                    "never: refuse an output_dir that already holds training output")
-    p.set_defaults(func=_train)
 
-    p = sub.add_parser("eval", help="evaluate a model on the math and ads tasks (lm-evaluation-harness, local data)",
-                       description="Evaluate a model on our lm-eval tasks (eval/tasks, read from ../shared/data; "
-                       "nothing is downloaded). Writes results.json, results.md and samples/<task>.jsonl under "
-                       "--output; every score carries a 95% confidence interval.")
-    p.add_argument("--model", required=True, help="Hugging Face model directory (hf, vllm; openai: the served "
-                   "model name, or a directory whose tokenizer is used and whose served name is looked up)")
-    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
-                   help="math, ads, or task names (gsm8k means trait_gsm8k); an unknown name lists the known ones")
-    _eval_model_args(p, "item per task")
-    p.add_argument("--output", help="directory for results.json, results.md and samples/ (default: print only)")
-    judge = p.add_mutually_exclusive_group()
-    judge.add_argument("--judge-endpoint", metavar="URL", help="OpenAI-compatible URL of the LLM judging win "
-                       "rates (e.g. the synth generator's)")
-    judge.add_argument("--judge", choices=["local"], help="local: judge with a vLLM server started for the run "
-                       "(the embedded tiny model); without a judge, win rates are reported as not computed")
-    p.add_argument("--judge-api-key-env", metavar="VAR", help="environment variable holding the judge's API key")
-    p.add_argument("--reference-samples", metavar="JSONL", help="judge against another run's "
-                   "samples/trait_product_title.jsonl instead of the dataset's reference titles")
-    p.set_defaults(func=_eval)
 
-    p = sub.add_parser("curves", help="training curves: every export of a trainer run evaluated, score and loss "
-                       "against tokens seen, stage boundary marked (PNG, JSON, CSV; cached per export)")
-    p.add_argument("--run", required=True, help="the trainer run's output_dir (stages with export_every exports)")
-    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK", help="tasks, as for trait eval")
-    _eval_model_args(p, "items per task and export")
-    p.add_argument("--output", required=True, help="directory for curves.png, curves.json and curves.csv")
-    p.set_defaults(func=_curves)
+def _eval_run_flags(limit_of: str, output_help: str, output_required: bool,
+                    first: Callable[[argparse.ArgumentParser], None]):
+    """How ``trait eval`` and ``trait curves`` run: what is evaluated (``first``), backend, limit, output; the rest
+    of the model options are eval.run.EvalOptions fields."""
+    def add(p: argparse.ArgumentParser) -> None:
+        first(p)
+        p.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
+                       help="math, ads, or task names (gsm8k means trait_gsm8k); an unknown name lists the known ones")
+        p.add_argument("--backend", choices=["hf", "vllm", "openai"], default="hf",
+                       help="hf: transformers in this process (CPU float32, GPU bf16); vllm: a local vLLM server "
+                       "started for the run; openai: any OpenAI-compatible --endpoint (default hf)")
+        p.add_argument("--limit", type=int, help=f"at most this many {limit_of} (smoke runs)")
+        p.add_argument("--output", required=output_required, help=output_help)
+    return add
 
-    p = sub.add_parser("datamap", help="data map: samples of each source embedded (MiniLM) and drawn in 2-D "
-                       "(t-SNE), with centroid distances and nearest-neighbour source mix")
+
+def _eval(cfg, args) -> None:
+    from eval.report import markdown_table
+    from eval.run import run_eval
+
+    result = run_eval(args.model, args.tasks, backend=args.backend, limit=args.limit, output=args.output,
+                      **to_dict(cfg))
+    print(markdown_table(result), end="")
+
+
+def _curves(cfg, args) -> dict:
+    from eval.curves import run_curves
+
+    return run_curves(args.run, args.tasks, args.output, backend=args.backend, limit=args.limit, **to_dict(cfg))
+
+
+def _datamap(cfg, args) -> dict:
+    from eval.datamap import run_datamap
+
+    return run_datamap(args.source, args.output, per_source=cfg.per_source, seed=cfg.seed)
+
+
+def _datamap_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", nargs="+", required=True, metavar="NAME=PATH",
                    help="a finished contract dataset, a .jsonl(.gz)/.json file (PATH#FIELD: the text field, default "
                    "text), or tasks:NAME[,NAME...] (synth task problems)")
-    p.add_argument("--per-source", type=int, default=500, help="texts sampled per source (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples and of t-SNE (default 0)")
     p.add_argument("--output", required=True, help="directory for datamap.png, datamap.parquet and datamap.json")
-    p.set_defaults(func=_datamap)
 
-    p = sub.add_parser("demo", help="the math selection demo on ../shared/data, end to end")
-    p.add_argument("--data", default=os.environ.get("TRAIT_SHARED_DATA", "../shared/data"),
-                   help="the shared data directory (default: $TRAIT_SHARED_DATA, else ../shared/data)")
-    p.add_argument("--workdir", default="runs/demo", help="where the demo writes its datasets and models")
-    p.add_argument("--master", help="Spark master (default local[*])")
-    p.set_defaults(func=_demo)
+
+def _demo(cfg, args) -> None:
+    from spark_jobs.demo import run_demo
+
+    run_demo(cfg.workdir, cfg.data, args.master)
+
+
+# --- the commands --------------------------------------------------------------------------------------------------
+
+GROUPS = {"classifier": "fastText classifiers",
+          "baseline": "Spark jobs: selection baselines (random, DSIR) to a token budget",
+          "synth": "task-oriented synthetic passages from a vLLM-served generator"}
+
+COMMANDS: dict[tuple[str, ...], Command] = {
+    ("ingest",): Command(
+        "JSONL(.gz/.zst)/Parquet -> contract Parquet, bad rows quarantined", "spark_jobs.ingest:IngestConfig",
+        _ingest, _ingest_flags, overrides=_ingest_inputs),
+    ("classifier", "train"): Command(
+        "train a domain or quality classifier with held-out metrics", "spark_jobs.classifier:ClassifierConfig",
+        _classifier_train,
+        lambda p: p.add_argument("--output", required=True, help="directory for <name>_v<version>.bin and card.json")),
+    ("score",): Command(
+        "Spark job: add a float32 score column per classifier to every row", "spark_jobs.score:ScoreConfig",
+        _spark_job("spark_jobs.score:run_score", "score", scheduler_only=True),
+        _spark_flags(), aliases={"--model": "models"}),
+    ("select",): Command(
+        "Spark job: keep documents by domain/quality thresholds (COLUMN:min=X | COLUMN:percentile=P | "
+        "COLUMN:token_budget=N)", "spark_jobs.select:SelectConfig",
+        _spark_job("spark_jobs.select:run_select", "select"), _spark_flags("finished scored dataset")),
+    ("decontaminate",): Command(
+        "Spark job: quarantine documents sharing an n-gram with a benchmark test split or eval file",
+        "trait.decontam:DecontamConfig", _spark_job("spark_jobs.decontaminate:run_decontaminate", "decontaminate"),
+        _spark_flags(),
+        aliases={"--data": "shared_data", "--eval-file": "eval_files", "-n": "n"}),
+    ("report",): Command(
+        "Spark job: HTML threshold-tuning report (histograms, percentiles, threshold grid, validation P/R/F1, "
+        "samples)", "spark_jobs.report:ReportConfig", _report,
+        _spark_flags("finished scored dataset", "directory for report.html and report.json", lambda p: p.add_argument(
+            "--validation", help="finished scored dataset to judge (default: --input when labels are given)"))),
+    ("dedup",): Command(
+        "Spark job: drop exact and MinHash-LSH near duplicates, keeping the smallest id per cluster",
+        "trait.minhash:DedupConfig", _spark_job("spark_jobs.dedup:run_dedup", "dedup"), _spark_flags()),
+    ("baseline", "random"): Command(
+        "seeded uniform random sample of the pool, to a token budget", "spark_jobs.baselines:RandomConfig",
+        _spark_job("spark_jobs.baselines:run_random", "baseline-random"),
+        _spark_flags("finished contract dataset: the pool")),
+    ("baseline", "dsir"): Command(
+        "DSIR: hashed n-gram importance weights, Gumbel top-k, to a token budget", "spark_jobs.dsir:DsirConfig",
+        _baseline_dsir, _spark_flags("finished contract dataset: the pool", extra=lambda p: p.add_argument(
+            "--target", required=True, help="finished contract dataset: the in-domain seed (target distribution)"))),
+    ("synth", "generate"): Command(
+        "group seed problems, generate and validate passages (resumable)", "synth.generate:SynthConfig",
+        _synth_generate, lambda p: (
+            p.add_argument("--chunk", type=int, default=0, help="this run's chunk (a Slurm array task id)"),
+            p.add_argument("--num-chunks", type=int, default=1, help="chunks the groups are split into"),
+            p.add_argument("--output", required=True, help="output dataset (chunked: one dataset per chunk inside)")),
+        aliases={"--endpoint": "server.endpoint"}),
+    ("synth", "annotate"): Command(
+        "0-5 educational-value labels of sampled documents (FineWeb-Edu recipe) for 'classifier train --labelled' "
+        "(resumable)", "synth.annotate:AnnotateConfig", _synth_annotate, lambda p: (
+            p.add_argument("--input", required=True, help="finished contract dataset to sample documents from"),
+            p.add_argument("--output", required=True, help="output dataset: the documents with an integer 'label' "
+                           "column")),
+        aliases={"--endpoint": "server.endpoint"}),
+    ("train",): Command(
+        "two-stage continual pre-training with DeepSpeed ZeRO-1 (resumable)", "trainer.config:TrainConfig", _train,
+        _train_flags),
+    ("eval",): Command(
+        "evaluate a model on the math and ads tasks (lm-evaluation-harness, local data)", "eval.run:EvalOptions",
+        _eval, _eval_run_flags("items per task", "directory for results.json, results.md and samples/ (default: "
+                               "print only)", False, lambda p: p.add_argument(
+                                   "--model", required=True, help="Hugging Face model directory (hf, vllm; openai: "
+                                   "the served model name, or a directory whose tokenizer is used and whose served "
+                                   "name is looked up)")),
+        aliases={"--judge-endpoint": "judge"},
+        description="Evaluate a model on our lm-eval tasks (eval/tasks, read from ../shared/data; nothing is "
+                    "downloaded). Writes results.json, results.md and samples/<task>.jsonl under --output; every "
+                    "score carries a 95% confidence interval."),
+    ("curves",): Command(
+        "training curves: every export of a trainer run evaluated, score and loss against tokens seen, stage "
+        "boundary marked (PNG, JSON, CSV; cached per export)", "eval.run:EvalOptions", _curves,
+        _eval_run_flags("items per task and export", "directory for curves.png, curves.json and curves.csv", True,
+                        lambda p: p.add_argument("--run", required=True, help="the trainer run's output_dir (stages "
+                                                 "with export_every exports)"))),
+    ("datamap",): Command(
+        "data map: samples of each source embedded (MiniLM) and drawn in 2-D (t-SNE), with centroid distances and "
+        "nearest-neighbour source mix", "eval.datamap:DatamapConfig", _datamap, _datamap_flags),
+    ("demo",): Command(
+        "the math selection demo on ../shared/data, end to end", "spark_jobs.demo:DemoConfig", _demo,
+        lambda p: p.add_argument("--master", help="Spark master (default local[*])")),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``trait`` parser. Only the command named in ``argv`` gets its options (which imports its config class:
+    ``trait --help`` stays fast); with ``argv`` None, every command gets them."""
+    named = tuple(a for a in argv if not a.startswith("-"))[:2] if argv is not None else None
+    parser = argparse.ArgumentParser(prog="trait", description="TRAIT: in-domain data selection, synthetic "
+                                     "task-oriented passages and two-stage continual pre-training.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups = {}
+    for words, command in COMMANDS.items():
+        parent = sub
+        if len(words) == 2:
+            if words[0] not in groups:
+                group = sub.add_parser(words[0], help=GROUPS[words[0]])
+                groups[words[0]] = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+            parent = groups[words[0]]
+        description = textwrap.fill(command.description or command.help, 100).replace("%", "%%")
+        p = parent.add_parser(words[-1], help=command.help.replace("%", "%%"), description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        if named is None or named[:len(words)] == words:
+            _add_config_options(p, command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    command = args.command_spec
     try:
-        result = args.func(args)
+        result = command.run(load_command_config(command, args), args)
     except UserError as exc:
         print(f"trait: error: {exc}", file=sys.stderr)
         return 2
-    if args.command not in ("demo", "eval"):  # eval prints its table itself
+    if result is not None:
         print(json.dumps(result.get("counts", result.get("heldout_metrics", {})), indent=2, default=str))
     return 0
 
