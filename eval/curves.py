@@ -24,10 +24,12 @@ from pathlib import Path
 
 from trainer.model import step_exports, verified_export
 from trait.config import ConfigError
+from trait.outputs import check_output
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "evals"
+CURVES_FILES = ("curves.json", "curves.csv", "curves.png")  # what the output folder holds
 # evaluate(model_dir, tasks, backend=..., limit=..., output=...) -> {"tasks": {task: {metric: {value, ci, n}}}}
 Evaluate = Callable[..., dict]
 
@@ -169,12 +171,14 @@ def _write_csv(points: list[dict], path: Path) -> None:
 def run_curves(run_dir: str | Path, tasks: list[str], output: str | Path, backend: str = "hf",
                limit: int | float | None = None, evaluate: Evaluate | None = None, **options) -> dict:
     """Evaluate every export of the run at ``run_dir`` (cached ones are read back) and write curves.{json,csv,png}
-    to ``output``. ``evaluate`` defaults to ``eval.run.run_eval``; ``options`` (its EvalOptions: batch size,
-    max_gen_toks, ...) go to every call and into the cache key."""
+    to ``output`` (new, empty or an earlier curves folder; not inside or around the run). ``evaluate`` defaults to
+    ``eval.run.evaluate``; ``options`` (its EvalOptions: batch size, max_gen_toks, ...) go to every call and into
+    the cache key."""
     if not tasks:
         raise ConfigError("no tasks given; name at least one lm-eval task (trait eval --help lists ours)")
+    check_output(output, inputs=[run_dir], own=CURVES_FILES, dataset=False)
     if evaluate is None:
-        from eval.run import run_eval as evaluate
+        from eval.run import evaluate  # the results go inside each export (its cache), which run_eval refuses
     points = run_exports(run_dir)
     fresh = evaluate_points(points, tasks, backend, limit, evaluate, options)
     losses = loss_curve(run_dir, points)
@@ -183,9 +187,10 @@ def run_curves(run_dir: str | Path, tasks: list[str], output: str | Path, backen
     result = {"run": str(run_dir), "tasks": tasks, "backend": backend, "limit": limit, "points": points,
               "loss": losses, "boundaries": boundaries(points),
               "counts": {"exports": len(points), "evaluated": fresh, "cached": len(points) - fresh}}
-    (out / "curves.json").write_text(json.dumps(result, indent=1))
-    _write_csv(points, out / "curves.csv")
-    plot_curves(points, losses, out / "curves.png")
+    json_file, csv_file, png_file = (out / name for name in CURVES_FILES)
+    json_file.write_text(json.dumps(result, indent=1))
+    _write_csv(points, csv_file)
+    plot_curves(points, losses, png_file)
     log.info("curves: %d exports (%d evaluated now, %d cached) -> %s", len(points), fresh, len(points) - fresh,
-             out / "curves.png")
+             png_file)
     return result

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from trait.config import ConfigError, field
+from trait.outputs import check_output
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ class DatamapConfig:
 
     per_source: int = field(500, help="texts sampled per source")
     seed: int = field(0, help="seed of the samples and of t-SNE")
+
+
+DATAMAP_FILES = ("datamap.png", "datamap.parquet", "datamap.json")  # what the output folder holds
 
 
 def parse_source(spec: str) -> tuple[str, str]:
@@ -76,14 +80,26 @@ def _field(record, field: str, where: str) -> str:
     return record[field]
 
 
+def source_files(path: str) -> list[str]:
+    """The files or folders a source reads (a ``tasks:`` source: its definitions' files)."""
+    if path.startswith(TASKS_PREFIX):
+        from synth.tasks import load_definitions, task_files
+
+        return task_files(load_definitions(_task_names(path)))
+    return [path.partition("#")[0]]
+
+
+def _task_names(path: str) -> list[str]:
+    return [t for t in path[len(TASKS_PREFIX):].split(",") if t]
+
+
 def sample_texts(path: str, n: int, seed: int) -> list[str]:
     """Up to ``n`` texts drawn uniformly at random (seeded) from the source at ``path``; blank texts are skipped."""
     rng = random.Random(seed)
     if path.startswith(TASKS_PREFIX):
         from synth.tasks import load_definitions, load_problems
 
-        names = [t for t in path[len(TASKS_PREFIX):].split(",") if t]
-        texts = [p.text for d in load_definitions(names) for p in load_problems(d)[0]]
+        texts = [p.text for d in load_definitions(_task_names(path)) for p in load_problems(d)[0]]
         return [texts[i] for i in sorted(rng.sample(range(len(texts)), min(n, len(texts))))]
     file, _, field = path.partition("#")
     field = field or "text"
@@ -162,7 +178,8 @@ def plot_map(coords: np.ndarray, labels: np.ndarray, names: list[str], path: str
 def run_datamap(sources: list[str], output: str | Path, per_source: int = 500, seed: int = 0,
                 embedder=None) -> dict:
     """Sample ``per_source`` texts of every ``NAME=PATH`` source, embed, project, and write the map and its numbers
-    to ``output``. ``embedder`` defaults to ``synth.embed.default_embedder()``."""
+    to ``output`` (new, empty or an earlier data map's folder; apart from every source). ``embedder`` defaults to
+    ``synth.embed.default_embedder()``."""
     if per_source < 2:
         raise ConfigError(f"--per-source must be >= 2, got {per_source}")
     pairs = [parse_source(s) for s in sources]
@@ -179,6 +196,9 @@ def run_datamap(sources: list[str], output: str | Path, per_source: int = 500, s
                         per_source)
         texts += sample
         labels += [i] * len(sample)
+    # after the sources' own errors, before the embedding model loads
+    check_output(output, inputs=[f for _, path in pairs for f in source_files(path)], own=DATAMAP_FILES,
+                 dataset=False)
     if embedder is None:
         from synth.embed import default_embedder
 
@@ -188,16 +208,17 @@ def run_datamap(sources: list[str], output: str | Path, per_source: int = 500, s
     coords = project(vectors, seed)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    png_file, parquet_file, json_file = (out / name for name in DATAMAP_FILES)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"source": [names[i] for i in labels], "x": coords[:, 0].astype(np.float32),
                              "y": coords[:, 1].astype(np.float32), "text": [t[:200] for t in texts]}),
-                   out / "datamap.parquet")
+                   parquet_file)
     counts = {n: int((labels == i).sum()) for i, n in enumerate(names)}
     result = {"sources": dict(pairs), "per_source": per_source, "seed": seed, "projection": "tsne",
               "counts": counts, **neighbour_stats(vectors, labels, names)}
-    (out / "datamap.json").write_text(json.dumps(result, indent=1))
-    plot_map(coords, labels, names, out / "datamap.png")
-    log.info("data map: %d texts from %d sources -> %s", len(texts), len(names), out / "datamap.png")
+    json_file.write_text(json.dumps(result, indent=1))
+    plot_map(coords, labels, names, png_file)
+    log.info("data map: %d texts from %d sources -> %s", len(texts), len(names), png_file)
     return result

@@ -12,6 +12,9 @@ e.g. ``exact_match,strict-match``). Intervals come from the per-sample values (e
 metadata asks for a judge (``judge: pairwise_title``) also gets ``win_rate`` when a judge is configured, and
 otherwise a ``win_rate`` entry with ``value: null`` and the reason, never a silent gap. Beside results.json:
 ``results.md`` (one row per score) and ``samples/<task>.jsonl`` (doc, prompt, output, extracted answer, verdict).
+``output`` must be new, empty or an earlier eval's folder, and apart from the model's directory
+(``trait.outputs``); ``evaluate`` is the same run without that check, for ``trait curves``, which keeps each
+export's results inside the export.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from eval.metrics import score_ci, stratified_bootstrap_ci
 from eval.report import write_outputs
 from trait import UserError
 from trait.config import ConfigError, field, from_dict, to_dict
+from trait.outputs import check_output
 
 log = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 ALIASES = {"math": "trait_math_all", "ads": "trait_ads_all"}
+RESULT_FILES = ("results.json", "results.md", "samples")  # what eval.report.write_outputs writes into ``output``
 
 
 @dataclasses.dataclass
@@ -86,7 +91,16 @@ def resolve_tasks(names: list[str], manager) -> list[str]:
 
 def run_eval(model: str, tasks: list[str], *, backend: str = "hf", limit: int | None = None,
              output: str | None = None, **options) -> dict:
-    """Evaluate ``model`` on ``tasks``; see the module docstring for the returned dict. Writes files if ``output``."""
+    """Evaluate ``model`` on ``tasks``; see the module docstring for the returned dict. Writes files if ``output``,
+    which must be new, empty or hold only an earlier eval's files, and may not overlap a local model directory."""
+    if output:
+        check_output(output, inputs=[model] if Path(model).exists() else [], own=RESULT_FILES, dataset=False)
+    return evaluate(model, tasks, backend=backend, limit=limit, output=output, **options)
+
+
+def evaluate(model: str, tasks: list[str], *, backend: str = "hf", limit: int | None = None,
+             output: str | None = None, **options) -> dict:
+    """``run_eval`` without the check of ``output``, which may be anywhere (a curves cache inside the model)."""
     opts = from_dict(EvalOptions, options, "eval options")
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of items per task, got {limit}")

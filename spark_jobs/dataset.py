@@ -4,6 +4,10 @@ A job's output appears all at once: Spark writes into ``<output>._staging``; the
 ``part-NNNNN.parquet``; statistics are aggregated from the written files (never from accumulators); the manifest
 and ``_SUCCESS`` are written; then the staging directory is moved into place. A killed job leaves only staging,
 which the rerun deletes. A finished output whose fingerprint (config + inputs) matches is skipped.
+
+What is deleted is only ever a TRAIT dataset or this job's own staging: before it reads its inputs' rows, a job
+refuses an output folder holding anything else, and an output that overlaps an input (``trait.outputs``); the
+check is repeated just before staging and the old output are deleted.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from importlib import metadata
 
 from trait import UserError, __version__
 from trait.contract import CONTRACT_VERSION, MANIFEST_NAME, QUARANTINE_DIR, QUARANTINE_SCHEMA, SUCCESS_MARKER, part_name
+from trait.outputs import DATASET_ENTRIES, PART_FILES, STAGING_ENTRIES, check_folder, check_output
 
 from .fs import HadoopFS
 
@@ -45,14 +50,19 @@ def _versions(spark) -> dict[str, str]:
 
 def parts_glob(path: str) -> str:
     """The data files of a dataset directory (its manifest, marker and quarantine are not data)."""
-    return f"{path.rstrip('/')}/part-*.parquet"
+    return f"{path.rstrip('/')}/{PART_FILES}"
+
+
+def _read_path(pattern: str) -> str:
+    """What an input glob reads as a whole: the dataset directory of a ``parts_glob``, else the glob itself."""
+    return pattern[:-len(PART_FILES) - 1] if pattern.endswith(f"/{PART_FILES}") else pattern
 
 
 def read_parts(spark, path: str):
     """DataFrame over a dataset directory's part files, finished or (for a job's own statistics) staging.
     A filter rather than a glob path: Spark probes a glob path as a file and logs a stack trace when it is not one;
     ``_quarantine`` and other ``_`` directories are skipped by Spark's file listing."""
-    return spark.read.option("pathGlobFilter", "part-*.parquet").parquet(path.rstrip("/"))
+    return spark.read.option("pathGlobFilter", PART_FILES).parquet(path.rstrip("/"))
 
 
 def read_quarantine(spark, path: str):
@@ -105,6 +115,7 @@ class JobOutput:
     config: dict
     input_globs: list[str]
     overwrite: bool = False
+    own: tuple[str, ...] = ()  # names the job writes into its dataset besides parts, manifest and `_` entries
     started: float = field(default_factory=time.time)
 
     def __post_init__(self):
@@ -112,6 +123,13 @@ class JobOutput:
         self.path = self.fs.qualify(self.path.rstrip("/"))
         self.staging = f"{self.path}._staging"
         self.fingerprint, self.input_files = fingerprint(self.spark, self.job, self.config, self.input_globs)
+        check_output(self.path, inputs=[_read_path(g) for g in self.input_globs],
+                     matched=[f["path"] for f in self.input_files], own=(*DATASET_ENTRIES, *self.own), fs=self.fs)
+        self._check_staging()
+
+    def _check_staging(self) -> None:
+        """Refuse a ``<output>._staging`` that holds anything a job's staging never does (it is about to go)."""
+        check_folder(self.staging, (*STAGING_ENTRIES, *self.own), dataset=False, fs=self.fs, name="staging folder")
 
     def finished(self) -> dict | None:
         """The manifest of an identical finished run (so the caller can skip), else None.
@@ -153,6 +171,7 @@ class JobOutput:
 
     def begin(self) -> str:
         """Clear what a killed run left in staging; return the staging path for the job to write into."""
+        self._check_staging()
         self.fs.delete(self.staging)
         return self.staging
 
@@ -187,6 +206,8 @@ class JobOutput:
         }
         self.fs.write_text(f"{self.staging}/{MANIFEST_NAME}", json.dumps(manifest, indent=2, sort_keys=True))
         self.fs.write_text(f"{self.staging}/{SUCCESS_MARKER}", "")
+        # The output may have changed while the job ran: replace it only if it is still a TRAIT dataset.
+        check_folder(self.path, (*DATASET_ENTRIES, *self.own), fs=self.fs)
         self.fs.delete(self.path)
         self.fs.rename(self.staging, self.path)
         log.info("%s: wrote %s in %.1f s", self.job, self.path, manifest["wall_time_s"])

@@ -36,6 +36,9 @@ class HadoopFS:
     def exists(self, path: str) -> bool:
         return bool(self._fs(path).exists(self._path(path)))
 
+    def is_dir(self, path: str) -> bool:
+        return bool(self._fs(path).getFileStatus(self._path(path)).isDirectory())
+
     def delete(self, path: str) -> None:
         self._fs(path).delete(self._path(path), True)
 

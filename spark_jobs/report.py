@@ -30,6 +30,7 @@ from .report_html import render_report
 log = logging.getLogger(__name__)
 
 TENTHS = [round(i / 10, 1) for i in range(10)]
+REPORT_HTML, REPORT_JSON = "report.html", "report.json"  # what the report's directory holds besides a dataset's
 
 
 @dataclass
@@ -131,16 +132,17 @@ def run_report(spark, config: ReportConfig, input_path: str, output: str, valida
         else:
             validation = (open_dataset(spark, validation_path)[0], validation_path)
             globs.append(parts_glob(validation_path))
-    job = JobOutput(spark, output, "report", {**to_dict(config), "validation": validation_path}, globs, overwrite)
+    job = JobOutput(spark, output, "report", {**to_dict(config), "validation": validation_path}, globs, overwrite,
+                    own=(REPORT_JSON, REPORT_HTML))
     if (done := job.finished()) is not None:
         return done
     t0 = time.time()
     data = build_figures(df, config, input_path, validation)
     log.info("report: figures aggregated in %.1f s", time.time() - t0)
     staging = job.begin()
-    job.fs.write_text(f"{staging}/report.json", json.dumps(data, indent=1, sort_keys=True))
-    job.fs.write_text(f"{staging}/report.html", render_report(data))
+    job.fs.write_text(f"{staging}/{REPORT_JSON}", json.dumps(data, indent=1, sort_keys=True))
+    job.fs.write_text(f"{staging}/{REPORT_HTML}", render_report(data))
     # Every row is described (binned, null or NaN in each column; checked in build_figures); none is written.
     counts = {"rows_in": data["documents"], "rows_described": data["documents"], "tokens_in": data["tokens"]}
-    return job.commit(extra={"counts": counts, "report": {"html": f"{job.path}/report.html",
-                                                          "json": f"{job.path}/report.json"}})
+    return job.commit(extra={"counts": counts, "report": {"html": f"{job.path}/{REPORT_HTML}",
+                                                          "json": f"{job.path}/{REPORT_JSON}"}})

@@ -38,6 +38,7 @@ from synth.server import ServerConfig, VllmServer
 from synth.store import ChunkStore
 from trait.config import ConfigError, field, to_dict
 from trait.contract import ContractError, finished_dataset
+from trait.outputs import check_output
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +205,9 @@ def run_annotate(config: AnnotateConfig, input_path: str, output: str) -> dict:
     """Grade a seeded sample of ``input_path`` into the dataset ``output``; returns the manifest. A rerun skips
     the committed batches (and starts no server when every batch is committed)."""
     started = time.time()
+    check_output(output, inputs=[input_path])  # before reading the sample: a refusal costs nothing
     docs, drawn = sample_documents(input_path, config)
-    fingerprint = annotate_fingerprint(config, docs)
-    store = ChunkStore(output, fingerprint, ANNOTATION_SCHEMA)
+    store = ChunkStore(output, annotate_fingerprint(config, docs), ANNOTATION_SCHEMA, inputs=[input_path])
     batches = [docs[i:i + config.batch_docs] for i in range(0, len(docs), config.batch_docs)]
     todo = [b for b in range(len(batches)) if b not in store.committed()]
     log.info("annotate: %d documents in %d batches, %d to grade", len(docs), len(batches), len(todo))
@@ -224,7 +225,7 @@ def run_annotate(config: AnnotateConfig, input_path: str, output: str) -> dict:
     reasons = Counter(r for r in rows.column("reject_reason").to_pylist() if r is not None)
     labels = Counter(x for x in rows.column("label").to_pylist() if x is not None)
     manifest = {"job": "synth_annotate", "config": to_dict(config), "input": input_path, **drawn,
-                "fingerprint": fingerprint, "models": sorted(set(rows.column("model").to_pylist()) - {None}),
+                "models": sorted(set(rows.column("model").to_pylist()) - {None}),
                 "labels": {str(g): labels.get(g, 0) for g in range(MAX_GRADE + 1)},
                 "parse_failure_rate": (sum(reasons[r] for r in PARSE_FAILURES) / rows.num_rows
                                        if rows.num_rows else 0.0),

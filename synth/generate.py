@@ -33,11 +33,12 @@ from synth.passage import PARSE_REASONS
 from synth.prompts import DEFAULT_PASSAGE_TEMPLATE, PromptProblem, render_passage_prompt
 from synth.server import ServerConfig, VllmServer
 from synth.store import ROW_SCHEMA, ChunkStore, passage_id
-from synth.tasks import load_definitions, load_problems
+from synth.tasks import load_definitions, load_problems, task_files
 from synth.validate import PassageValidator, ValidationConfig, Verdict
 from trait import UserError
 from trait.config import ConfigError, field, to_dict
 from trait.contract import QUARANTINE_DIR
+from trait.outputs import check_folder
 from trait.progress import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -187,10 +188,13 @@ def run_generate(config: SynthConfig, output: str, chunk: int = 0, num_chunks: i
         raise ConfigError(f"chunk must be in [0, {num_chunks}), got {chunk}")
     started = time.time()
     target = f"{output.rstrip('/')}/chunk-{chunk:05d}" if num_chunks > 1 else output
+    if num_chunks > 1:  # the output holds the chunks' datasets (and their batches and staging), nothing else
+        check_folder(output, ("chunk-*",), dataset=False)
+    store = ChunkStore(target, run_fingerprint(config), inputs=task_files(load_definitions(config.tasks),
+                                                                          config.shared_data))
     groups, by_id, definitions, report = plan_groups(config, embed)
     groups = groups[chunk::num_chunks]
     batches = [groups[i:i + config.batch_groups] for i in range(0, len(groups), config.batch_groups)]
-    store = ChunkStore(target, run_fingerprint(config))
     todo = [b for b in range(len(batches)) if b not in store.committed()]
     log.info("synth: %d passages in %d batches, %d to generate", len(groups), len(batches), len(todo))
     validator = PassageValidator(config.validation)

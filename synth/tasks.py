@@ -184,6 +184,12 @@ def load_definitions(names: list[str] | None = None, directory: str | Path | Non
     return [found[n] for n in names]
 
 
+def task_files(definitions: list[TaskDefinition], shared_data: str | Path | None = None) -> list[str]:
+    """The paths (globs allowed) of the files ``definitions`` read, under the shared data dir: a job's inputs."""
+    root = Path(shared_data or default_shared_data())
+    return [str(root / f) for d in definitions for f in d.files + ([d.join.file] if d.join else [])]
+
+
 def _derive(record: dict, name: str, spec: Derive) -> None:
     value = record.get(spec.source)
     if value is None:

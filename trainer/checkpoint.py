@@ -9,6 +9,10 @@ skipped with a warning on resume and the previous complete one is used.
 ``client_state`` holds, for every rank (gathered to rank 0, which writes it): the MixtureStream position (so
 resume never replays the stream), and the Python, numpy, torch CPU and CUDA RNG states; plus the step, tokens
 seen, stage index and the stage config it was written under.
+
+A run's ``output_dir`` holds only the run (``check_output_dir``): a folder per stage, ``train_config.json`` and
+``summary.json``. A folder holding anything else, or one that overlaps the model or a data source, is refused
+before anything is written, so resuming never mixes a run with other files.
 """
 
 from __future__ import annotations
@@ -19,13 +23,32 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.model import sha256_file, verify_files
+from trait.outputs import check_output
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 MARKER = "complete.json"
 _PREFIX = "step_"
+RUN_FILES = ("train_config.json", "summary.json")  # what trainer.train writes at the top of output_dir
+
+
+def check_output_dir(config: TrainConfig) -> None:
+    """Refuse an ``output_dir`` that holds anything but this run's files and stage folders, or that is, is inside
+    or contains the model directory or a stage's data source (an OutputError: exit 2)."""
+    data = [stage.data for stage in config.stages if stage.data is not None]
+    out = Path(config.output_dir).resolve()
+    # a token cache configured inside output_dir is the run's own too (its top folder there)
+    caches = [Path(d.cache_dir).resolve() for d in data]
+    own = [*RUN_FILES, *(stage.name for stage in config.stages),
+           *(c.relative_to(out).parts[0] for c in caches if out in c.parents)]
+    check_output(config.output_dir, inputs=[config.model, *(s.path for d in data for s in d.sources)], own=own,
+                 dataset=False, name="output_dir")
 
 
 def tag(step: int) -> str:

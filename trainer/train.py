@@ -316,6 +316,7 @@ def run_training(config: TrainConfig, resume: str = "auto") -> dict:
         raise ConfigError(f"--resume {resume!r}: choose 'auto' (continue from the newest complete checkpoint) "
                           "or 'never'")
     check_inputs(config)
+    checkpoint.check_output_dir(config)
     out = Path(config.output_dir)
     if resume == "never":
         existing = [s.name for s in config.stages if (out / s.name).exists() and any((out / s.name).iterdir())]
@@ -377,6 +378,7 @@ def launch_local(config_path: str, nproc: int, resume: str) -> int:
         raise ConfigError(f"--nproc {nproc}: give the number of local processes, >= 1")
     config = load(TrainConfig, config_path)
     check_inputs(config)  # a config or input error is reported here, once, not by N workers
+    checkpoint.check_output_dir(config)
     for stage in config.stages:
         accumulation_steps(stage, nproc)  # global_batch_size divisible by micro_batch_size x nproc
     proc = subprocess.Popen(torchrun_command(config_path, nproc, resume))
