@@ -4,7 +4,12 @@ against independent expectations and against the in-memory path; golden hash val
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -177,6 +182,43 @@ def test_rerun_is_a_noop_and_a_second_run_is_identical(spark, planted, deduped, 
     assert second.sort_by("id").equals(first.sort_by("id"))
     assert pq.read_table(f"{again}/_dropped").sort_by("id").equals(pq.read_table(f"{out}/_dropped").sort_by("id"))
     assert json.loads(Path(again, MANIFEST_NAME).read_text())["counts"] == manifest["counts"]
+
+
+def test_a_dedup_killed_while_writing_and_rerun_gives_the_uninterrupted_output(spark, planted, tmp_path):
+    """SIGKILL the whole `trait dedup` process group (driver JVM, Python workers) once it writes its output, then
+    rerun: the killed run's staging is replaced and the output is an uninterrupted run's. The input: the planted
+    copies, their originals and 40 other documents (small, so the three runs take seconds each)."""
+    from spark_jobs.dedup import run_dedup
+
+    from .conftest import REPO
+
+    table = planted["table"]
+    wanted = {*planted["expected"], *(rep for _, rep in planted["expected"].values())}
+    ids = table.column("id").to_pylist()
+    rows = [i for i, ident in enumerate(ids) if ident in wanted or i < 40]
+    pool = write_dataset(tmp_path / "pool", [table.take(rows)], {})
+    out = tmp_path / "killed"
+    staging = Path(f"{out}._staging")
+    proc = subprocess.Popen([sys.executable, "-m", "trait.cli", "dedup", "--master", "local[2]", "--input", pool,
+                             "--output", str(out)], cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not staging.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the job finished (or failed) before it wrote anything"
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert staging.exists() and not out.exists()  # killed mid-write: only staging, no output
+
+    rerun = run_dedup(spark, DedupConfig(), pool, str(out))
+    assert not staging.exists() and (out / SUCCESS_MARKER).exists()
+    clean = tmp_path / "clean"
+    manifest = run_dedup(spark, DedupConfig(), pool, str(clean))
+    assert rerun["counts"]["rows_out"] == len(rows) - len(planted["expected"])  # the planted copies dropped
+    assert finished_dataset(str(out)).to_table().sort_by("id").equals(finished_dataset(str(clean)).to_table()
+                                                                       .sort_by("id"))
+    assert pq.read_table(out / "_dropped").sort_by("id").equals(pq.read_table(clean / "_dropped").sort_by("id"))
+    assert rerun["counts"] == manifest["counts"] and rerun["fingerprint"] == manifest["fingerprint"]
 
 
 def test_oversized_buckets_fall_back_to_star_pairs(spark, tmp_path, planted):
