@@ -247,9 +247,10 @@ def test_chunk_store_refuses_foreign_side_folders_and_another_runs_dataset(tmp_p
 # --- trainer and eval -----------------------------------------------------------------------------------------------
 
 def test_training_refuses_a_foreign_output_dir_and_one_over_its_inputs(tiny_model, datasets, tmp_path):
-    from tests.training import tiny_config
     from trainer.config import TrainConfig
     from trainer.train import run_training
+
+    from .training import tiny_config
 
     base = tiny_config(tmp_path, tiny_model, datasets)
     out = foreign_folder(tmp_path / "thesis")
