@@ -248,8 +248,10 @@ def report_validity(manifest: dict, output: str) -> None:
         flagged = (f"; {counts['rows_flagged']} rejected ones are kept, flagged with their reject_reason "
                    "(on_failure: flag; the trainer skips them unless a source sets include_rejected: true)"
                    if counts["rows_flagged"] else "")
-        log.warning("synth: %d of %d passages valid (%.0f%%); rejected: %s%s; each dropped row is in %s/%s with "
-                    "its reason", valid, total, 100 * valid / total, reasons, flagged, output, QUARANTINE_DIR)
+        dropped = (f"; the {counts['rows_quarantined']} dropped are in {output}/{QUARANTINE_DIR} with their reasons"
+                   if counts["rows_quarantined"] else "")
+        log.warning("synth: %d of %d passages valid (%.0f%%); rejected: %s%s%s", valid, total, 100 * valid / total,
+                    reasons, flagged, dropped)
     if counts["rows_out"]:
         return
     if total:

@@ -154,6 +154,13 @@ def test_cli_generate_writes_contract_passages_with_provenance(generator, tmp_pa
     manifest = check_counts(out)
     assert json.loads(done.stdout) == manifest["counts"]  # what the CLI prints
     counts = manifest["counts"]
+    # progress after each batch, and the run's last word on validity (a warning when any passage was rejected)
+    assert "synth: generated: 3/6 passages (50%)" in done.stderr and "synth: generated: 6/6 passages (100%)" \
+        in done.stderr
+    valid = 6 - sum(counts["rejected_by_reason"].values())
+    assert manifest["valid"] == valid and manifest["valid_fraction"] == pytest.approx(valid / 6)
+    assert ("synth: all 6 passages valid" if valid == 6 else f"WARNING synth.generate: synth: {valid} of 6 passages "
+            "valid") in done.stderr
     assert counts["rows_in"] == 6 and counts["batches"] == 2 and counts["rows_out"] >= 1, counts
     from synth.passage import PARSE_REASONS
     parse_failures = sum(n for r, n in counts["rejected_by_reason"].items() if r in PARSE_REASONS)
@@ -163,15 +170,17 @@ def test_cli_generate_writes_contract_passages_with_provenance(generator, tmp_pa
     assert set(manifest["coverage"]["per_task"]) == {"gsm8k", "math"}
 
     table = finished_dataset(str(out), ("problem_ids", "tasks", "template_version", "model", "sampling",
-                                        "finish_reason")).to_table()
+                                        "finish_reason", "enlightenment")).to_table()
     validate_table(table)  # the contract: id, source, text, url, n_tokens with their types, no null or empty text
     assert "raw_output" not in table.column_names
     from synth.client import request_sampling
+    from synth.passage import without_enlightenment
     from synth.store import passage_id
     from synth.tasks import load_definitions, load_problems
     problems = {p.id: p.task for d in load_definitions(["gsm8k", "math"]) for p in load_problems(d)[0][:40]}
     for row in table.to_pylist():
         assert row["reject_reason"] is None and row["text"].strip()
+        assert row["enlightenment"] and without_enlightenment(row["text"], row["enlightenment"]).strip()
         assert len(row["problem_ids"]) == len(row["tasks"]) >= 2
         assert set(row["tasks"]) == {"gsm8k", "math"}  # problems from two different tasks
         assert [problems[p] for p in row["problem_ids"]] == row["tasks"]

@@ -109,3 +109,44 @@ def test_unwritable_cache_only_warns(tmp_path, questions, caplog):
     caplog.set_level(logging.WARNING, logger="synth.embed")
     assert emb.embed(questions[:2]).shape == (2, 384)
     assert any("could not write" in r.getMessage() for r in caplog.records)
+
+
+def test_a_long_embedding_logs_its_progress(tmp_path, questions, caplog, monkeypatch):
+    """Lines with counts, share, rate and time left (at most one per 30 s; every batch here), in tokens."""
+    import functools
+
+    from synth import embed
+    from trait.progress import ProgressLog
+
+    monkeypatch.setattr(embed, "ProgressLog", functools.partial(ProgressLog, interval_s=0))
+    emb = embedder(None)
+    emb.batch_size = 8
+    tokens = sum(len(e.ids) for e in emb.tokenizer.encode_batch(questions[:20]))
+    with caplog.at_level(logging.INFO, logger="synth.embed"):
+        emb.compute(questions[:20])
+    lines = [r.message for r in caplog.records if r.message.startswith("embeddings of 20 texts")]
+    assert len(lines) == 3  # batches of 8, 8 and 4 texts
+    assert lines[-1].startswith(f"embeddings of 20 texts: {tokens:,}/{tokens:,} tokens (100%), ")
+    assert " tokens/s, " in lines[0] and "s left" in lines[0] and "s left" not in lines[-1]
+
+
+def test_progress_lines_are_rate_limited():
+    logger = logging.getLogger("test.progress")
+    from trait.progress import ProgressLog
+
+    records = []
+    logger.addHandler(handler := logging.Handler())
+    handler.emit = records.append
+    logger.setLevel(logging.INFO)
+    quiet = ProgressLog(logger, "work", 10, "items", interval_s=3600)
+    for _ in range(10):
+        quiet.update(1)
+    quiet.finish()
+    assert records == []  # a short job stays quiet
+    chatty = ProgressLog(logger, "work", 10, "items", interval_s=0)
+    chatty.update(4, "; 1 valid so far")
+    chatty.update(6)
+    chatty.finish()  # the last update already said 10/10: no repeat
+    assert [r.getMessage().split(",")[0] for r in records] == ["work: 4/10 items (40%)", "work: 10/10 items (100%)"]
+    assert records[0].getMessage().endswith("s left; 1 valid so far")
+    logger.removeHandler(handler)

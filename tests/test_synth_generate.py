@@ -103,3 +103,11 @@ def test_all_valid_is_one_info_line(tmp_path, caplog):
         assert run_generate(config, str(out))["valid_fraction"] == 1.0
     assert "synth: all 4 passages valid" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("synth")]
+
+
+def test_the_tiny_example_config_keeps_flagged_passages():
+    """infra/configs/synth_tiny.yaml feeds train_tiny.yaml's stage 2, which includes rejected rows: flag, not drop."""
+    from trait.config import load
+
+    config = load(SynthConfig, REPO / "infra" / "configs" / "synth_tiny.yaml")
+    assert config.validation.on_failure == "flag" and config.limit == 64 and config.tasks == ["gsm8k", "math"]

@@ -66,6 +66,9 @@ def test_example_config_loads_and_derives_steps():
     assert [s.name for s in cfg.stages] == ["knowledge", "task_alignment"]
     assert [s.init_from for s in cfg.stages] == ["base", "previous"]
     assert [s.data.sources[0].name for s in cfg.stages] == ["in_domain", "synthetic"]
+    # the tiny generator's passages all fail validation and are kept flagged (synth_tiny.yaml): stage 2 says so
+    assert [[s.include_rejected for s in stage.data.sources] for stage in cfg.stages] == [
+        [False, False, False], [True, False]]
     # steps = ceil(token_budget / (global_batch_size * seq_len)) = 204800 / (16 * 128) = 100
     assert cfg.stages[0].steps == 100 and cfg.stages[1].steps == 50
     stage = from_dict(StageConfig, {**_stage_dict(), "token_budget": 1001})
@@ -222,6 +225,13 @@ def test_two_stages_end_to_end(run_a):
         for name, stats in stage_summary["realised_mixture"].items():  # deficit round-robin: within 1 sequence
             assert abs(stats["sequences"] - stats["configured_share"] * sequences) <= 1, (name, stats)
         assert events(out, stage, "mixture")[-1]["realised"] == stage_summary["realised_mixture"]
+        # what each source gave: documents used of the source's, its quota in epochs, rejected rows (none here)
+        for name, stats in stage_summary["data"]["sources"].items():
+            assert 0 < stats["documents"] <= stats["source_documents"], (name, stats)
+            assert stats["rejected_rows"] == {"rows": 0, "included": 0, "excluded": 0}
+            assert stats["planned_sequences"] == math.ceil(sequences * stats["weight"])
+            assert stats["planned_epochs"] == pytest.approx(stats["planned_sequences"] / stats["sequences"],
+                                                            abs=1e-3)
     # warm-up then cosine: lr at step 1 is lr / 2, at step 2 the peak
     assert [r["lr"] for r in events(out, "knowledge")[:2]] == [1.5e-3, 3e-3]
     # stage 2 starts from stage 1's export: its first loss is far below a random model's ln(vocab) ~ 7.6
