@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from eval.curves import plot_curves, run_exports
+from trainer.checkpoint import MARKER
 from trainer.model import EXPORT_MARKER, sha256_file, step_exports
 from trait.config import ConfigError
 
-from .conftest import REPO
+from .support.cli import trait, trait_killed_when
 from .training import ENV, events, tiny_config, write_config
 
 train = pytest.mark.train
 TOKENS_PER_STEP = 8 * 64
-KILL_HOOK = "TRAIT_TEST_SIGKILL_AFTER_CHECKPOINT"
-
-
-def trait(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trait.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env={**ENV, **(env or {})}, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +35,20 @@ def run(tmp_path_factory, tiny_model, datasets) -> dict:
         stage.update(token_budget=steps * TOKENS_PER_STEP, export_every=4)
     config = write_config(root, cfg)
     out = root / "out"
-    killed = trait("train", "--config", config, env={KILL_HOOK: "knowledge:8"})
+    # SIGKILLed from outside once the step-8 checkpoint is complete (its export was written just before it).
+    ckpt = out / "knowledge" / "checkpoints" / "step_00000008"
+    killed = trait_killed_when((ckpt / MARKER).exists, "train", "--config", config, env=ENV)
     step8 = out / "knowledge" / "exports" / "step_00000008"
     first_step8 = sha256_file(step8 / "model.safetensors")
-    ckpt = out / "knowledge" / "checkpoints" / "step_00000008"
     with open(ckpt / "zero_pp_rank_0_mp_rank_00_optim_states.pt", "r+b") as fh:
         fh.truncate(1000)
-    resumed = trait("train", "--config", config)
+    resumed = trait("train", "--config", config, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ref_root = root / "reference"
     cfg = tiny_config(ref_root, tiny_model, datasets)
     cfg["stages"] = cfg["stages"][:1]
     cfg["stages"][0].update(token_budget=12 * TOKENS_PER_STEP)
-    reference = trait("train", "--config", write_config(ref_root, cfg))
+    reference = trait("train", "--config", write_config(ref_root, cfg), env=ENV)
     assert reference.returncode == 0, reference.stderr[-3000:]
     return {"out": out, "killed": killed, "resumed": resumed, "first_step8": first_step8,
             "reference": ref_root / "out"}
@@ -92,7 +86,7 @@ def test_exports_survive_resume_and_leave_the_loss_curve_alone(run):
 @train
 def test_trait_curves_evaluates_every_export_and_caches(run, tmp_path):
     args = ("curves", "--run", str(run["out"]), "--tasks", "qadsm", "--limit", "4", "--output", str(tmp_path))
-    first = trait(*args)
+    first = trait(*args, env=ENV)
     assert first.returncode == 0, first.stderr[-3000:]
     result = json.loads((tmp_path / "curves.json").read_text())
     points = result["points"]
@@ -118,7 +112,7 @@ def test_trait_curves_evaluates_every_export_and_caches(run, tmp_path):
     caches = sorted((run["out"] / "task_alignment" / "final" / "evals").glob("*.json"))
     assert len(caches) == 1
     caches[0].unlink()
-    second = trait(*args)
+    second = trait(*args, env=ENV)
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((tmp_path / "curves.json").read_text())
     assert again["counts"] == {"exports": 5, "evaluated": 1, "cached": 4}

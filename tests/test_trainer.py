@@ -29,6 +29,7 @@ from trainer.model import file_table
 from trait.config import ConfigError, from_dict
 
 from .conftest import REPO
+from .support.cli import trait, trait_killed_when
 from .training import ENV, EXAMPLE, events, tiny_config, write_config
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -40,12 +41,16 @@ train = pytest.mark.train
 # tests/training.py.
 
 
-def trait_train(config: str, *args, env: dict | None = None, check: bool = True, timeout: float = 600):
-    proc = subprocess.run([sys.executable, "-m", "trait.cli", "train", "--config", config, *args],
-                          capture_output=True, text=True, cwd=REPO, env={**ENV, **(env or {})}, timeout=timeout)
-    if check and proc.returncode:
-        raise AssertionError(f"trait train failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
+def trait_train(config: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    return trait("train", "--config", config, *args, env=ENV, timeout=600, check=check)
+
+
+def killed_after_checkpoint(config: str, out: Path, stage: str, step: int) -> subprocess.CompletedProcess:
+    """``trait train`` SIGKILLed from outside (its whole process group) once the stage's checkpoint of ``step`` is
+    complete (its marker exists): a node lost at that moment. The run goes on meanwhile for the few milliseconds
+    the kill takes; a resume starts from that checkpoint all the same (the next one is steps away)."""
+    marker = out / stage / "checkpoints" / f"step_{step:08d}" / checkpoint.MARKER
+    return trait_killed_when(marker.exists, "train", "--config", config, env=ENV, timeout=600)
 
 
 @pytest.fixture(scope="session")
@@ -300,9 +305,8 @@ def run_b(tmp_path_factory, tiny_model, datasets, run_a) -> dict:
     root = tmp_path_factory.mktemp("run_b")
     config = write_config(root, tiny_config(root, tiny_model, datasets))
     out = root / "out"
-    kill = "TRAIT_TEST_SIGKILL_AFTER_CHECKPOINT"
-    first = trait_train(config, env={kill: "knowledge:12"}, check=False)
-    second = trait_train(config, env={kill: "task_alignment:8"}, check=False)
+    first = killed_after_checkpoint(config, out, "knowledge", 12)
+    second = killed_after_checkpoint(config, out, "task_alignment", 8)
     ckpt = out / "task_alignment" / "checkpoints" / "step_00000008"
     with open(ckpt / "zero_pp_rank_0_mp_rank_00_optim_states.pt", "r+b") as fh:
         fh.truncate(1000)

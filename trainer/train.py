@@ -36,9 +36,6 @@ from trait.config import ConfigError, load, to_dict
 log = logging.getLogger("trainer")
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again"; the checkpoint of the stop step is complete
-# Fault injection for tests: "<stage>:<step>" makes every rank SIGKILL itself right after that checkpoint's marker
-# is written, exactly what a node loss at that moment looks like.
-KILL_HOOK = "TRAIT_TEST_SIGKILL_AFTER_CHECKPOINT"
 # Stage settings that may change between a checkpoint and its resume (they do not change the loss curve).
 _RESUME_MAY_CHANGE = {"checkpoint_every", "keep_checkpoints", "export_every"}
 
@@ -185,7 +182,6 @@ def train_stage(config: TrainConfig, index: int, init_dir: Path, d: Dist, precis
              "model FLOPs/token", stage.name, total, stage.global_batch_size, stage.seq_len, accum, micro,
              d.world_size, flops_per_token)
 
-    kill_at = os.environ.get(KILL_HOOK, "")
     t_stage = time.perf_counter()
     t_last, steps_since, pause = time.perf_counter(), 0, 0.0
     rates, last = [], {}
@@ -205,8 +201,6 @@ def train_stage(config: TrainConfig, index: int, init_dir: Path, d: Dist, precis
                                                           "rng": checkpoint.rng_state()},
                         d.rank, d.world_size, stage.keep_checkpoints)
         logger.mixture(step, stream.realised())  # over the global stream: the same on every rank
-        if kill_at == f"{stage.name}:{step}":
-            os.kill(os.getpid(), signal.SIGKILL)
 
     engine.train()
     for step in range(start, total):
