@@ -39,21 +39,8 @@ from lm_eval.tasks.minerva_math.utils import (
 
 from eval.answers import answers_equal, flexible_answer, parse_number, strict_answer
 from synth.answers import math_equal
-from trait.benchmarks import BenchmarkError, shared_data_file
+from trait.benchmarks import EVAL_FILES, BenchmarkError, shared_data_file
 
-BENCHMARK_FILES = {
-    "gsm8k": "benchmarks/gsm8k/test.jsonl",
-    "math": "benchmarks/math/test_5000_harness.jsonl",
-    "math500": "benchmarks/math/test_math500_harness.jsonl",
-    "svamp": "benchmarks/svamp/test_harness.jsonl",
-    "asdiv": "benchmarks/asdiv/test_harness.jsonl",
-    "mawps": "benchmarks/mawps/test_harness.jsonl",
-    "tabmwp": "benchmarks/tabmwp/problems_test1k.json",
-    "mathqa": "benchmarks/mathqa/test_harness.jsonl",
-    "mmlu_stem": "benchmarks/mmlu/mmlu_stem_test_harness.jsonl",
-    "sat_math": "benchmarks/sat_math/test_harness.jsonl",
-    "sat_math_agieval": "benchmarks/sat_math/agieval_sat-math.jsonl",
-}
 CHOOSE = "What of the following is the right choice? Explain your answer."
 # The harness's multiple-choice versions of the 4 Minerva exemplars: options and the correct letter (facts of its
 # prompts/cot/mmlu_stem.md); the worked solutions are lm-eval's.
@@ -145,9 +132,10 @@ DOC_BUILDERS = {"gsm8k": _gsm8k, "math": _math, "math500": _math, "svamp": _svam
 
 
 def benchmark_path(benchmark: str, shared_data: str | Path | None = None) -> Path:
-    if benchmark not in BENCHMARK_FILES:
-        raise BenchmarkError(f"unknown math benchmark {benchmark!r}; known: {', '.join(BENCHMARK_FILES)}")
-    return shared_data_file(BENCHMARK_FILES[benchmark], shared_data)
+    """The test file of ``benchmark`` (a name of ``trait.benchmarks.EVAL_FILES``) under the shared data dir."""
+    if benchmark not in EVAL_FILES:
+        raise BenchmarkError(f"unknown math benchmark {benchmark!r}; known: {', '.join(EVAL_FILES)}")
+    return shared_data_file(EVAL_FILES[benchmark].path, shared_data)
 
 
 def _records(path: Path) -> list[tuple[str, dict]]:

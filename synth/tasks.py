@@ -7,7 +7,7 @@ entity keys of an entity-centric task, and small derivations (``regex``, ``span`
 Records become :class:`Problem` rows with a stable id: the first 16 hex of sha1(task name, NUL, source key), the
 source key being the record's ``id_field`` or ``<file>:<row>``. Bad records are counted per reason, never dropped
 silently. Seeds are the tasks' *training* data: a test split is refused (``TestSplitError``) by file name and by
-the benchmark registry that decontamination uses (``trait.benchmarks.BENCHMARKS``).
+the benchmark registry that eval and decontamination read (``trait.benchmarks.TEST_FILES``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from synth.task_files import read_records
-from trait.benchmarks import BENCHMARKS, FileReport, default_shared_data
+from trait.benchmarks import TEST_FILES, FileReport, default_shared_data
 from trait.config import ConfigError, field, from_dict
 
 TASKS_DIR = Path(__file__).with_name("tasks")
@@ -31,12 +31,6 @@ FORMATS = ("auto", "jsonl", "json", "csv", "tsv", "ditto")
 DERIVE_OPS = ("regex", "span", "unmask_numbers", "map")
 # A path component naming a test split: test.jsonl, test_harness, problems_test1k, responses-test-labels, test/.
 _TEST_NAME = re.compile(r"(^|[_\-.])test([_\-.]|\d|$)", re.IGNORECASE)
-# Evaluation files whose names do not say "test" (see each folder's SOURCE.md): SVAMP's challenge set (also as
-# the "dev" CSV), ASDiv's full set, the MAWPS harness subsets, AGIEval SAT-math.
-EVAL_ONLY_FILES = ("benchmarks/svamp/SVAMP.json", "benchmarks/svamp/mawps-asdiv-a_svamp_dev.csv",
-                   "benchmarks/asdiv/ASDiv.xml", "benchmarks/mawps/addsub_harness.jsonl",
-                   "benchmarks/mawps/multiarith_harness.jsonl", "benchmarks/mawps/singleeq_harness.jsonl",
-                   "benchmarks/mawps/singleop_harness.jsonl", "benchmarks/sat_math/agieval_sat-math.jsonl")
 
 
 class TestSplitError(ConfigError):
@@ -152,10 +146,9 @@ def problem_id(task: str, source_key: str) -> str:
 
 def check_not_test_split(relative: str) -> None:
     """Raise TestSplitError when ``relative`` (a path under the shared data dir) is a benchmark's test data."""
-    registry = {f.path for files in BENCHMARKS.values() for f in files} | set(EVAL_ONLY_FILES)
     norm = Path(relative).as_posix()
     hit = next((part for part in Path(norm).parts if _TEST_NAME.search(part)), None)
-    if norm in registry or hit:
+    if norm in TEST_FILES or hit:
         why = f"its name says test ({hit!r})" if hit else "it is a benchmark evaluation file"
         raise TestSplitError(f"{relative} cannot seed synthetic passages: {why}, and passages built from test "
                              "problems would leak them into training; name the train or dev file instead")

@@ -100,7 +100,7 @@ class PassageValidator:
 
     @property
     def index(self) -> NgramIndex:
-        """The benchmarks' n-gram index, built on first use (a few seconds for the nine math test splits)."""
+        """The benchmarks' n-gram index, built on first use (a few seconds for the registry's test splits)."""
         if self._index is None:
             self._index, _ = build_index(self.config.decontam)
         return self._index

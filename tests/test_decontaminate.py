@@ -179,7 +179,7 @@ def test_registry_reads_every_test_split_without_malformed_lines():
     # Problem counts from each benchmark's SOURCE.md (MATH: 5,000 + the 500 of MATH500).
     assert {k: r["problems"] for k, r in report.items()} == {
         "gsm8k": 1319, "math": 5500, "svamp": 1000, "asdiv": 2215, "mawps": 2065, "tabmwp": 1000,
-        "mathqa": 1000, "mmlu": 3018, "sat_math": 32}
+        "mathqa": 1000, "mmlu": 3018, "sat_math": 32, "sat_math_agieval": 220}
     assert all(r["malformed"] == 0 for r in report.values())
     assert len(index.keys) == len(np.unique(index.keys)) and np.all(np.diff(index.keys) > 0)
 

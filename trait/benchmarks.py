@@ -1,4 +1,5 @@
-"""The test splits of the nine math benchmarks, and a reader for them and for any eval file a user names.
+"""The one registry of benchmark test files (eval, decontamination and the seed guard read it), the shared data
+directory, and a reader for the test files and for any eval file a user names.
 
 Imports only the standard library: the Spark job and the synthetic-passage generator (which never imports
 pyspark) decontaminate against the same problems (``trait.decontam``).
@@ -29,12 +30,14 @@ class BenchmarkError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class BenchmarkFile:
-    """One test file: its path (relative to the shared data dir, or absolute), format and text segments."""
+    """One test file: its path (relative to the shared data dir, or absolute), format and text segments; for a
+    registry file, the name eval's task YAMLs give it (``dataset_kwargs.benchmark``, ``eval.math_tasks``)."""
 
     path: str
     segments: tuple[str, ...]
     format: str = "auto"  # "jsonl"; "json": a list of records or a mapping id -> record; "auto": by extension
     strip: str | None = None  # regex removed from every field before hashing
+    eval_name: str | None = None
 
     def resolved_format(self) -> str:
         if self.format != "auto":
@@ -44,20 +47,41 @@ class BenchmarkFile:
 
 _GSM8K_CALC = r"<<[^>]*>>"
 
-# The nine math benchmarks of the TRAIT paper's evaluation, as the files in ../shared/data/benchmarks hold them
-# (see each folder's SOURCE.md). MATH500 is a subset of MATH's 5,000 test problems; both files are read.
+# The one registry of benchmark test files: eval scores a model on each (by its eval_name), decontamination removes
+# their n-grams from the corpora (by the key: every key by default), and no task definition may seed passages from
+# them (synth.tasks). The nine math benchmarks of the TRAIT paper's evaluation, and AGIEval's larger SAT-math set,
+# as the files in ../shared/data/benchmarks hold them (see each folder's SOURCE.md). MATH500 is a subset of MATH's
+# 5,000 test problems; both files are read.
 BENCHMARKS: dict[str, tuple[BenchmarkFile, ...]] = {
-    "gsm8k": (BenchmarkFile("benchmarks/gsm8k/test.jsonl", ("question", "answer"), strip=_GSM8K_CALC),),
-    "math": (BenchmarkFile("benchmarks/math/test_5000_harness.jsonl", ("problem", "solution")),
-             BenchmarkFile("benchmarks/math/test_math500_harness.jsonl", ("problem", "solution"))),
-    "svamp": (BenchmarkFile("benchmarks/svamp/test_harness.jsonl", ("Body+Question",)),),
-    "asdiv": (BenchmarkFile("benchmarks/asdiv/test_harness.jsonl", ("body+question",)),),
-    "mawps": (BenchmarkFile("benchmarks/mawps/test_harness.jsonl", ("input",)),),
-    "tabmwp": (BenchmarkFile("benchmarks/tabmwp/problems_test1k.json", ("question", "solution")),),
-    "mathqa": (BenchmarkFile("benchmarks/mathqa/test_harness.jsonl", ("problem", "rationale")),),
-    "mmlu": (BenchmarkFile("benchmarks/mmlu/mmlu_stem_test_harness.jsonl", ("question", "choices")),),
-    "sat_math": (BenchmarkFile("benchmarks/sat_math/test_harness.jsonl", ("question", "options")),),
+    "gsm8k": (BenchmarkFile("benchmarks/gsm8k/test.jsonl", ("question", "answer"), strip=_GSM8K_CALC,
+                            eval_name="gsm8k"),),
+    "math": (BenchmarkFile("benchmarks/math/test_5000_harness.jsonl", ("problem", "solution"), eval_name="math"),
+             BenchmarkFile("benchmarks/math/test_math500_harness.jsonl", ("problem", "solution"),
+                           eval_name="math500")),
+    "svamp": (BenchmarkFile("benchmarks/svamp/test_harness.jsonl", ("Body+Question",), eval_name="svamp"),),
+    "asdiv": (BenchmarkFile("benchmarks/asdiv/test_harness.jsonl", ("body+question",), eval_name="asdiv"),),
+    "mawps": (BenchmarkFile("benchmarks/mawps/test_harness.jsonl", ("input",), eval_name="mawps"),),
+    "tabmwp": (BenchmarkFile("benchmarks/tabmwp/problems_test1k.json", ("question", "solution"),
+                             eval_name="tabmwp"),),
+    "mathqa": (BenchmarkFile("benchmarks/mathqa/test_harness.jsonl", ("problem", "rationale"), eval_name="mathqa"),),
+    "mmlu": (BenchmarkFile("benchmarks/mmlu/mmlu_stem_test_harness.jsonl", ("question", "choices"),
+                           eval_name="mmlu_stem"),),
+    "sat_math": (BenchmarkFile("benchmarks/sat_math/test_harness.jsonl", ("question", "options"),
+                               eval_name="sat_math"),),
+    "sat_math_agieval": (BenchmarkFile("benchmarks/sat_math/agieval_sat-math.jsonl", ("passage+question", "options"),
+                                       eval_name="sat_math_agieval"),),
 }
+# The registry's files by the name eval gives them.
+EVAL_FILES: dict[str, BenchmarkFile] = {f.eval_name: f for files in BENCHMARKS.values() for f in files}
+# The same test problems in files that no job reads (see each folder's SOURCE.md): SVAMP's challenge set (also as
+# the "dev" CSV), ASDiv's full set, the MAWPS harness subsets. A seed may not name them either.
+OTHER_TEST_COPIES = ("benchmarks/svamp/SVAMP.json", "benchmarks/svamp/mawps-asdiv-a_svamp_dev.csv",
+                     "benchmarks/asdiv/ASDiv.xml", "benchmarks/mawps/addsub_harness.jsonl",
+                     "benchmarks/mawps/multiarith_harness.jsonl", "benchmarks/mawps/singleeq_harness.jsonl",
+                     "benchmarks/mawps/singleop_harness.jsonl")
+# Every file under the shared data dir that holds benchmark test problems.
+TEST_FILES = frozenset(f.path for f in EVAL_FILES.values()) | frozenset(OTHER_TEST_COPIES)
+
 
 MAX_MALFORMED_EXAMPLES = 5
 

@@ -1,13 +1,13 @@
 """N-gram decontamination against benchmark test splits: one implementation for the Spark job and the generator.
 
-Imports only the standard library and numpy. A text is normalised (lower-cased, words ``\\w+``) and every run
-of ``n`` consecutive words is hashed to 64 bits. The hash is stable across processes and machines: each word
-is hashed with blake2b (8-byte digest, cached), and the ``n`` word hashes are combined by a polynomial over
-uint64 (wrapping) followed by murmur3's 64-bit finaliser, in numpy over all n-grams of a batch at once; that is
-one blake2b per distinct word instead of one per n-gram. ``NgramIndex`` holds the sorted unique n-gram hashes
-of the benchmarks (uint64) and a parallel bitmask of the benchmarks each comes from; a document matches when
-any of its n-grams is found by ``np.searchsorted``. With 2^64 hashes and 908,809 indexed n-grams (the nine math
-benchmarks at n=13), the chance that a given document n-gram falsely matches is ~4.9e-14.
+Imports only the standard library, numpy and ``trait.config`` (PyYAML). A text is normalised (lower-cased, words
+``\\w+``) and every run of ``n`` consecutive words is hashed to 64 bits. The hash is stable across processes and
+machines: each word is hashed with blake2b (8-byte digest, cached), and the ``n`` word hashes are combined by a
+polynomial over uint64 (wrapping) followed by murmur3's 64-bit finaliser, in numpy over all n-grams of a batch at
+once; that is one blake2b per distinct word instead of one per n-gram. ``NgramIndex`` holds the sorted unique
+n-gram hashes of the benchmarks (uint64) and a parallel bitmask of the benchmarks each comes from; a document
+matches when any of its n-grams is found by ``np.searchsorted``. With 2^64 hashes and 918,205 indexed n-grams
+(the registry's ten benchmarks at n=13), the chance that a given document n-gram falsely matches is ~5.0e-14.
 """
 
 from __future__ import annotations
@@ -23,24 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from trait.benchmarks import BENCHMARKS, BenchmarkError, BenchmarkFile, default_shared_data, read_problems
+from trait.config import field
 
 HASH_VERSION = "blake2b8-words-poly-fmix64-v1"
 _WORD = re.compile(r"\w+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplication by it is a bijection mod 2^64
 
 
-def _help(default=dataclasses.MISSING, *, help: str, default_factory=dataclasses.MISSING):
-    # trait.config.field without importing trait.config (it imports yaml; this module stays stdlib + numpy).
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={"help": help})
-
-
 @dataclass
 class EvalFile:
     """An extra eval set to decontaminate against, e.g. an in-house test set."""
 
-    name: str = _help(help="name reported in the manifest and the quarantine detail")
-    path: str = _help(help="local JSONL file, or JSON (a list of records or a mapping id -> record)")
-    fields: list[str] = _help(help="text fields; each is one segment, 'a+b' joins fields a and b with a space")
+    name: str = field(help="name reported in the manifest and the quarantine detail")
+    path: str = field(help="local JSONL file, or JSON (a list of records or a mapping id -> record)")
+    fields: list[str] = field(help="text fields; each is one segment, 'a+b' joins fields a and b with a space")
 
     @classmethod
     def from_str(cls, text: str) -> EvalFile:
@@ -54,12 +50,12 @@ class EvalFile:
 
 @dataclass
 class DecontamConfig:
-    shared_data: str = _help(default_factory=default_shared_data,
+    shared_data: str = field(default_factory=default_shared_data,
                              help="directory holding benchmarks/ (default $TRAIT_SHARED_DATA, else ../shared/data)")
-    benchmarks: list[str] = _help(default_factory=lambda: list(BENCHMARKS),
+    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS),
                                   help=f"benchmark test splits to remove: any of {', '.join(BENCHMARKS)}")
-    eval_files: list[EvalFile] = _help(default_factory=list, help="more eval files: name, path, fields")
-    n: int = _help(13, help="n-gram length in words (13: GPT-3's and the TRAIT paper's choice)")
+    eval_files: list[EvalFile] = field(default_factory=list, help="more eval files: name, path, fields")
+    n: int = field(13, help="n-gram length in words (13: GPT-3's and the TRAIT paper's choice)")
 
     def validate(self) -> None:
         for name in self.benchmarks:
