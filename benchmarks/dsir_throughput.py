@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.score_throughput import REPO, ingest, read_base, write_jsonl
+from trait.benchmarks import default_shared_data
 
 DEFAULT_DOCS, QUICK_DOCS, TARGET_DOCS = 27_000, 1_500, 2_000
 GOAL = 2.0
@@ -110,7 +111,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=DEFAULT_DOCS, help="pool size in documents (~11.5 KB each)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_DOCS:,} documents: a smoke test")
     parser.add_argument("--work", default=str(REPO / ".bench" / "dsir"), help="work dir (corpora, outputs, logs)")
-    parser.add_argument("--data", default=os.environ.get("TRAIT_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--data", default=default_shared_data())
     parser.add_argument("--child", choices=["reference", "job"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -23,8 +23,9 @@ import time
 import numpy as np
 
 from synth.embed import MiniLMEmbedder
+from trait.benchmarks import default_shared_data
 
-SHARED = os.environ.get("TRAIT_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+SHARED = default_shared_data()
 
 
 def input_order(emb: MiniLMEmbedder, texts: list[str]) -> tuple[np.ndarray, int]:

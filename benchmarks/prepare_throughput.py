@@ -22,8 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from trait.benchmarks import default_shared_data
+
 REPO = Path(__file__).resolve().parents[1]
-WIKI = REPO.parent / "shared" / "data" / "corpora" / "general" / "enwiki_2015_part1.jsonl.gz"
+WIKI = Path(default_shared_data()) / "corpora" / "general" / "enwiki_2015_part1.jsonl.gz"
 
 # One run: argv = mode, dataset, tokenizer dir, cache dir. Prints {"tokens", "seconds"} as JSON.
 _RUN = r"""

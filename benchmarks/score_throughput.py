@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from trait.benchmarks import default_shared_data
+
 REPO = Path(__file__).resolve().parents[1]
 # The fastest run (spark-2 warm) scored 31.0 MB/s on this 2-core VM once the job stopped re-encoding the text,
 # so 160k documents (1.83 GB) took it 58.9 s; 200k (~2.3 GB) keep every run over the minute the goal asks for.
@@ -252,7 +254,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each figure is the best")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_DOCS:,} documents, one round: a smoke test")
     parser.add_argument("--work", default=str(REPO / ".bench"), help="work dir (corpora, models, results)")
-    parser.add_argument("--data", default=os.environ.get("TRAIT_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--data", default=default_shared_data())
     parser.add_argument("--child", choices=["setup", "raw", "spark"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="*", help=argparse.SUPPRESS)

@@ -58,8 +58,10 @@ from pathlib import Path
 
 import yaml
 
+from trait.benchmarks import default_shared_data
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("TRAIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = Path(default_shared_data())
 GOAL = 1.0
 # (name, file under shared/data/corpora, documents, weight): the example config's stage-1 mixture, 0.4/0.4/0.2.
 SOURCES = (("in_domain", "math/planetmath/planetmath_entries.jsonl.gz", 2000, 0.4),

@@ -6,13 +6,14 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from trait.benchmarks import default_shared_data
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("TRAIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = Path(default_shared_data()).resolve()  # the product's resolver: $TRAIT_SHARED_DATA, else ../shared/data
 
 
 def pytest_configure(config):

@@ -87,8 +87,7 @@ def manager():
 def test_task_names_resolve_and_unknown_ones_list_what_exists(manager):
     assert resolve_tasks(["ads", "qadsm", "trait_webis_ads", "ads"], manager) == [
         "trait_ads_all", "trait_qadsm", "trait_webis_ads"]
-    if (TASKS_DIR / "math").is_dir():
-        assert resolve_tasks(["math", "gsm8k"], manager) == ["trait_math_all", "trait_gsm8k"]
+    assert resolve_tasks(["math", "gsm8k"], manager) == ["trait_math_all", "trait_gsm8k"]
     with pytest.raises(UserError, match="unknown task 'hellaswag'.*trait_product_title"):
         resolve_tasks(["hellaswag"], manager)
 

@@ -20,12 +20,12 @@ import pytest
 
 from synth.server import REPO_ROOT, ServerConfig, VllmServer, free_port
 
+from .support.vllm import needs_vllm
+
 TRAIT = [str(Path(sys.executable).with_name("trait"))] if Path(sys.executable).with_name("trait").exists() \
     else [sys.executable, "-m", "trait.cli"]
 LIMIT = 4
 ADS = ["trait_qadsm", "trait_webis_ads", "trait_product_title"]
-no_vllm = pytest.mark.skipif(not (REPO_ROOT / ".venv-vllm/bin/python").exists(),
-                             reason="run infra/vllm/setup_vllm_cpu.sh first")
 
 
 def trait_eval(args: list[str], env: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -141,7 +141,7 @@ def check_judge(result: dict, out: Path) -> None:
 
 
 @pytest.mark.vllm
-@no_vllm
+@needs_vllm
 def test_vllm_backend_matches_hf_and_judges_locally(tiny_model, hf_run, tmp_path):
     out = tmp_path / "vllm"
     done = trait_eval(["--model", str(tiny_model), "--tasks", "ads", "--limit", str(LIMIT), "--backend", "vllm",
@@ -156,7 +156,7 @@ def test_vllm_backend_matches_hf_and_judges_locally(tiny_model, hf_run, tmp_path
 
 
 @pytest.mark.vllm
-@no_vllm
+@needs_vllm
 def test_openai_backend_with_a_key_that_is_never_written(tiny_model, server, hf_run, tmp_path):
     secret = "sk-trait-test-9f8e7d6c5b4a"
     out = tmp_path / "openai"
@@ -177,7 +177,7 @@ def test_openai_backend_with_a_key_that_is_never_written(tiny_model, server, hf_
 
 
 @pytest.mark.vllm
-@no_vllm
+@needs_vllm
 def test_openai_chat_completions_run_the_generation_tasks(tiny_model, server, tmp_path):
     """--chat: the prompts go to /v1/chat/completions as messages in the model's chat template."""
     out = tmp_path / "chat"

@@ -28,12 +28,11 @@ import yaml
 from synth.server import REPO_ROOT, ServerConfig, VllmServer
 from trait.contract import QUARANTINE_DIR, finished_dataset, validate_table
 
+from .support.vllm import needs_vllm
 from .test_synth_annotate import documents, write_dataset
 
 psutil = pytest.importorskip("psutil")
-pytestmark = [pytest.mark.vllm,
-              pytest.mark.skipif(not (REPO_ROOT / ".venv-vllm/bin/python").exists(),
-                                 reason="run infra/vllm/setup_vllm_cpu.sh first")]
+pytestmark = [pytest.mark.vllm, needs_vllm]
 # The console script people run (``.venv/bin/trait``), beside this interpreter.
 TRAIT = [str(Path(sys.executable).with_name("trait"))] if Path(sys.executable).with_name("trait").exists() \
     else [sys.executable, "-m", "trait.cli"]

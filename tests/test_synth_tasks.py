@@ -6,7 +6,6 @@ import csv
 import glob
 import gzip
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -23,28 +22,27 @@ from synth.tasks import (
 from trait import UserError
 from trait.config import ConfigError
 
-SHARED = Path(os.environ.get("TRAIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
+from .conftest import SHARED_DATA
 
 
 def _lines(rel: str) -> list[str]:
-    return [line for line in (SHARED / rel).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line for line in (SHARED_DATA / rel).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _expected_counts() -> dict[str, int]:
     """Counted with plain file reading, not with the loader."""
     math_rows = [json.loads(line) for line in _lines("benchmarks/math/train_7500_problems_answers.jsonl")]
-    with open(SHARED / "benchmarks/svamp/mawps-asdiv-a_svamp_train.csv", newline="") as fh:
+    with open(SHARED_DATA / "benchmarks/svamp/mawps-asdiv-a_svamp_train.csv", newline="") as fh:
         svamp = sum(1 for _ in csv.DictReader(fh))
     mmlu = 0
-    for p in glob.glob(str(SHARED / "benchmarks/mmlu/*/*.csv")):
+    for p in glob.glob(str(SHARED_DATA / "benchmarks/mmlu/*/*.csv")):
         if Path(p).parent.name not in ("dev", "val"):
             continue
         with open(p, newline="") as fh:
             mmlu += sum(1 for _ in csv.reader(fh))
     labels = [json.loads(line) for line in _lines("ads/webis_generative_native_ads/responses-validation-labels.jsonl")]
     offers = {}
-    abt_buy = SHARED / "ads/ecommerce_product_matching_ditto/er_magellan__Textual__Abt-Buy__train.txt.gz"
+    abt_buy = SHARED_DATA / "ads/ecommerce_product_matching_ditto/er_magellan__Textual__Abt-Buy__train.txt.gz"
     with gzip.open(abt_buy, "rt") as fh:
         for line in fh:
             for offer in line.rstrip("\n").split("\t")[:2]:
@@ -53,7 +51,7 @@ def _expected_counts() -> dict[str, int]:
         "gsm8k": len(_lines("benchmarks/gsm8k/train.jsonl")),
         "math": sum(1 for r in math_rows if str(r["answer"]).strip()),  # 2 rows have an empty answer
         "mawps_asdiv_a": svamp,
-        "tabmwp": len(json.loads((SHARED / "benchmarks/tabmwp/problems_dev1k.json").read_text())),
+        "tabmwp": len(json.loads((SHARED_DATA / "benchmarks/tabmwp/problems_dev1k.json").read_text())),
         "mmlu": mmlu,
         "qadsm": len(_lines("ads/xglue_qadsm_de/train.tsv")),
         "webis_ad_detection": len(_lines("ads/webis_generative_native_ads/responses-validation.jsonl")),
@@ -71,7 +69,7 @@ def test_every_shipped_task_loads_with_the_expected_count():
     assert math_counts == (7473, 3138, 1000, 1816)
     assert (expected["qadsm"], expected["webis_ad_detection"], expected["webis_query_to_ad"]) == (9000, 3257, 1182)
     for definition in definitions:
-        problems, report = load_problems(definition, SHARED)
+        problems, report = load_problems(definition, SHARED_DATA)
         assert len(problems) == expected[definition.name], definition.name
         assert report.version == definition.version == 1
         assert len({p.id for p in problems}) == len(problems)
@@ -82,19 +80,19 @@ def test_every_shipped_task_loads_with_the_expected_count():
 
 def test_fields_become_problems_exactly():
     (gsm8k,) = load_definitions(["gsm8k"])
-    problems, _ = load_problems(gsm8k, SHARED)
+    problems, _ = load_problems(gsm8k, SHARED_DATA)
     first = json.loads(_lines("benchmarks/gsm8k/train.jsonl")[0])
     assert problems[0].text == first["question"]
     assert problems[0].answer == "72"  # "#### 72" at the end of the worked solution
     assert problems[0].id == problem_id("gsm8k", "benchmarks/gsm8k/train.jsonl:1")
-    svamp, _ = load_problems(load_definitions(["mawps_asdiv_a"])[0], SHARED)
+    svamp, _ = load_problems(load_definitions(["mawps_asdiv_a"])[0], SHARED_DATA)
     assert svamp[0].text.startswith("Bryan took a look at his books as well . If Bryan has 56 books in each of his 9 ")
     assert svamp[0].answer == "504"
-    webis, _ = load_problems(load_definitions(["webis_query_to_ad"])[0], SHARED)
+    webis, _ = load_problems(load_definitions(["webis_query_to_ad"])[0], SHARED_DATA)
     response = json.loads(_lines("ads/webis_generative_native_ads/responses-validation.jsonl")[0])["response"]
     assert webis[0].answer == response[0:103].strip()  # sen_span "(0, 103)" of id 3413-000212-A
     assert webis[0].entities == ("td easy web", "td bank")
-    products, report = load_problems(load_definitions(["product_title"])[0], SHARED)
+    products, report = load_problems(load_definitions(["product_title"])[0], SHARED_DATA)
     assert report.malformed["empty_problem"] > 0 and report.duplicates > 0
     assert all(len(p.entities) == 1 and " " not in p.entities[0] for p in products)  # the brand: first word
 

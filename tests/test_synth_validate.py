@@ -7,7 +7,6 @@ import asyncio
 import json
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,9 @@ from synth.validate import PassageValidator, ValidationConfig
 from trait.config import ConfigError, from_dict
 from trait.decontam import DecontamConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+from .conftest import SHARED_DATA
+from .support.vllm import needs_vllm
+
 FILLER = ("We read the problem carefully, name the quantities it gives, and write each step so that a student "
           "can follow the argument from the facts to the result.")
 
@@ -180,30 +180,29 @@ def test_dedup_removes_near_copy_and_counts_reasons():
 
 
 def test_decontamination_rejects_a_quoted_gsm8k_test_question():
-    with open(SHARED / "benchmarks" / "gsm8k" / "test.jsonl", encoding="utf-8") as fh:
+    with open(SHARED_DATA / "benchmarks" / "gsm8k" / "test.jsonl", encoding="utf-8") as fh:
         question = json.loads(fh.readline())["question"]  # Janet's ducks
     quoting = _output(["1/2", "1000"], paragraphs=[f"{FILLER} Consider this: {question}", f"{FILLER} It is 1000."])
     clean = _output(["1/2", "1000"])
     config = from_dict(ValidationConfig, {"min_words": 20, "deduplicate": False,
-                                          "decontam": {"shared_data": str(SHARED), "benchmarks": ["gsm8k"]}})
+                                          "decontam": {"shared_data": str(SHARED_DATA), "benchmarks": ["gsm8k"]}})
     validator = PassageValidator(config)
     verdicts = validator.check_many(["a", "b"], [(quoting, MATH, "json", "stop"), (clean, MATH, "json", "stop")])
     assert [v.reason for v in verdicts] == ["contaminated", None]
     assert verdicts[0].detail.startswith("gsm8k: 'janet s ducks lay 16 eggs per day")
     assert validator.summary()["by_reason"] == {"contaminated": 1}
     with pytest.raises(Exception, match="unknown benchmark 'gsm8"):
-        DecontamConfig(shared_data=str(SHARED), benchmarks=["gsm8"]).validate()
+        DecontamConfig(shared_data=str(SHARED_DATA), benchmarks=["gsm8"]).validate()
 
 
-@pytest.mark.skipif(not (ROOT / ".venv-vllm" / "bin" / "python").exists(),
-                    reason="run infra/vllm/setup_vllm_cpu.sh first")
+@needs_vllm
 def test_real_vllm_structured_passages_always_parse():
     """The tiny random-weight model through a real vLLM server: the schema (count and indices pinned by
     prefixItems, maxLength so strings must close) makes every output parse, and validation then judges it."""
     from synth.client import ChatRequest, GeneratorClient
     from synth.server import VllmServer
 
-    with open(SHARED / "benchmarks" / "gsm8k" / "train.jsonl", encoding="utf-8") as fh:
+    with open(SHARED_DATA / "benchmarks" / "gsm8k" / "train.jsonl", encoding="utf-8") as fh:
         rows = [json.loads(next(fh)) for _ in range(8)]
     groups = [[Problem("gsm8k", a["question"], a["answer"].split("####")[-1].strip()),
                Problem("gsm8k_socratic", b["question"], None)] for a, b in zip(rows[::2], rows[1::2])]

@@ -30,9 +30,9 @@ from trait.config import ConfigError, from_dict
 
 from .conftest import REPO
 from .support.cli import trait, trait_killed_when
+from .support.vllm import needs_vllm
 from .training import ENV, EXAMPLE, events, tiny_config, write_config
 
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 train = pytest.mark.train
 
 
@@ -284,7 +284,7 @@ def test_exports_load_with_transformers(run_a, tiny_model):
 
 @train
 @pytest.mark.vllm
-@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="run infra/vllm/setup_vllm_cpu.sh first")
+@needs_vllm
 def test_export_is_served_by_vllm(run_a, tmp_path):
     import httpx
 
