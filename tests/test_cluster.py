@@ -16,8 +16,8 @@ from spark_jobs.score import ATTEMPTS_DIR, ScoreConfig, run_score
 from trait.config import from_dict
 from trait.contract import finished_dataset
 
-from .cluster import StandaloneCluster
 from .conftest import REPO, SHARED_DATA, read_jsonl, write_jsonl
+from .support.cluster import StandaloneCluster
 
 pytestmark = pytest.mark.cluster
 

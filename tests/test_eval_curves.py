@@ -19,7 +19,7 @@ from trainer.model import EXPORT_MARKER, sha256_file, step_exports
 from trait.config import ConfigError
 
 from .support.cli import trait, trait_killed_when
-from .training import ENV, events, tiny_config, write_config
+from .support.training import ENV, events, tiny_config, write_config
 
 train = pytest.mark.train
 TOKENS_PER_STEP = 8 * 64

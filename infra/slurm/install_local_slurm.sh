@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what tests/slurm.py needs to run a real Slurm cluster on localhost: Debian's slurm-wlm (slurmctld,
+# Installs what tests/support/slurm.py needs to run a real Slurm cluster on localhost: Debian's slurm-wlm (slurmctld,
 # slurmd, sbatch, scontrol, ...) and munge (the authentication daemon every Slurm RPC goes through).
 # Installs only what is missing: a machine that has slurmctld, slurmd and munged on PATH returns at once.
 # Measured on this project's machine kind: ~11 s with a fresh apt index (Debian bookworm/trixie).
@@ -24,7 +24,7 @@ sudo=""
 echo "install_local_slurm: missing ${missing[*]}; installing slurm-wlm and munge" >&2
 $sudo apt-get update -qq
 # slurm-wlm: controller, node daemon and client commands; munge: the auth daemon and its key tools.
-# No daemon is started here (no systemd in containers); tests/slurm.py starts its own, with its own key.
+# No daemon is started here (no systemd in containers); tests/support/slurm.py starts its own, with its own key.
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 for tool in slurmctld slurmd sbatch scontrol; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install_local_slurm: $tool still missing after install" >&2; exit 1; }

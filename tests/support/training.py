@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .conftest import REPO
+from ..conftest import REPO
 
 EXAMPLE = REPO / "infra" / "configs" / "train_tiny.yaml"
 # One intra-op thread per training process: these models are tiny (64 x 64 matmuls), so a second thread buys nothing

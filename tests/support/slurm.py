@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,7 +34,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from synth.server import free_port
+from tests.conftest import REPO
+
 INSTALL_SCRIPT = REPO / "infra" / "slurm" / "install_local_slurm.sh"
 # munged, slurmctld and slurmd live in /usr/sbin, which a non-login shell's PATH may lack.
 SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -44,12 +45,6 @@ MARKER = "TRAIT_SLURM_CLUSTER"  # environment variable naming the cluster root; 
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
                              "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"})
 _FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _which(tool: str) -> str | None:
