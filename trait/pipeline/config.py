@@ -126,12 +126,16 @@ class EvalSection:
                           "device, seed, ...)")
     backend: str = field("hf", help="hf, vllm or openai (as trait eval --backend)")
     bpb: BpbConfig = field(default_factory=BpbConfig, help="bits per byte on the held-out splits")
-    curves: bool = field(True, help="training curves (trait curves) for arms whose stages export")
+    curves: list[str] = field(default_factory=lambda: ["trait"], help="arms whose training curves are drawn "
+                              "(trait curves: every export of the arm's trainer run evaluated); [] for none")
     datamap_per_source: int | None = field(200, help="texts per source in the data map; null: no data map")
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"eval.limit must be a positive number of items per task, got {self.limit}")
+        for arm in self.curves:
+            if arm not in ARMS or arm == "base":
+                raise ConfigError(f"eval.curves: {arm!r} is not a trained arm{_hint(arm, ARMS[1:])}")
         if self.datamap_per_source is not None and self.datamap_per_source < 2:
             raise ConfigError(f"eval.datamap_per_source must be >= 2 (or null), got {self.datamap_per_source}")
 
@@ -170,6 +174,9 @@ class PipelineConfig:
         for arm in self.arms:
             if arm not in ARMS:
                 raise ConfigError(f"arms: unknown arm {arm!r}{_hint(arm, ARMS)}")
+        untrained = sorted(set(self.eval.curves) - set(self.arms))
+        if untrained:
+            raise ConfigError(f"eval.curves names arms that are not in arms: {untrained}")
         if len(set(self.arms)) != len(self.arms):
             raise ConfigError(f"arms: an arm is listed twice in {self.arms}")
         if self.synth_chunks < 1:

@@ -39,7 +39,7 @@ KIND_CODE = {
     "strip_enlightenment": ["synth/passage.py", "trait/pipeline/steps.py"],
     "base_model": ["synth/tiny_model.py", "trainer/train.py", "trainer/data.py"],
     "train": ["trainer/train.py", "trainer/data.py", "trainer/mixture.py", "trainer/token_cache.py",
-              "trainer/engine.py", "trainer/model.py"],
+              "trainer/source_files.py", "trainer/engine.py", "trainer/model.py"],
     "eval": ["eval/run.py", "eval/bpb.py", "eval/metrics.py", "eval/math_tasks.py"],
     "curves": ["eval/curves.py", "eval/run.py"],
     "datamap": ["eval/datamap.py"],
@@ -225,13 +225,14 @@ def build_stages(cfg: PipelineConfig, run_dir: str | Path | None = None) -> list
                 "heldout": {"in_domain": d("seed_heldout"), "general": d("pool_heldout")}}
         b.add(f"eval_{arm_id(arm)}", "eval", body, {"eval": b.path("eval", arm_id(arm))},
               [model, d("seed_heldout"), d("pool_heldout")])
-    if cfg.eval.curves:
-        for unit, (train_cfg, _) in units.items():
-            if any(s.get("export_every") for s in train_cfg["stages"]):
-                body = {"run": train_cfg["output_dir"], "tasks": cfg.eval.tasks, "limit": cfg.eval.limit,
-                        "backend": cfg.eval.backend, "options": cfg.eval.options}
-                b.add(f"curves_{unit}", "curves", body, {"figure": b.path("figures", f"curves_{unit}")},
-                      [train_cfg["output_dir"]])
+    for arm in cfg.eval.curves:
+        unit = next(u for u, (_, arms) in units.items() if arm in arms)
+        train_cfg = units[unit][0]
+        if f"curves_{unit}" not in b.producer.values():
+            body = {"run": train_cfg["output_dir"], "tasks": cfg.eval.tasks, "limit": cfg.eval.limit,
+                    "backend": cfg.eval.backend, "options": cfg.eval.options}
+            b.add(f"curves_{unit}", "curves", body, {"figure": b.path("figures", f"curves_{unit}")},
+                  [train_cfg["output_dir"]])
     if cfg.eval.datamap_per_source:
         sources = {"seed": clean["seed"], "pool": clean["pool"], **{f"select_{k}": v for k, v in selections.items()}}
         if "with" in passages:
