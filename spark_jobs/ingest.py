@@ -354,30 +354,33 @@ def run_ingest(spark, config: IngestConfig, output: str, overwrite: bool = False
     tokenizer = config.tokenizer
     if tokenizer.startswith("hf:"):
         tokenizer = "hf:" + shipped.ship(spark, tokenizer[3:])
-    splits = plan_splits(files, [s.resolved_format() for s in config.inputs], SPLIT_BYTES)
-    # Many small files share a task (a task costs ~50 ms to start); big inputs get a task per split.
-    tasks = min(len(splits), max(4 * spark.sparkContext.defaultParallelism,
-                                 -(-sum(size for *_, size in files) // SPLIT_BYTES)))
+    # Splits of the input over 4 tasks per core (so the last wave is short), of 1 MiB to SPLIT_BYTES; many small
+    # files share a task (a task costs ~50 ms to start).
+    total, cores = sum(size for *_, size in files), spark.sparkContext.defaultParallelism
+    split_bytes = min(SPLIT_BYTES, max(1 << 20, -(-total // (4 * cores))))
+    splits = plan_splits(files, [s.resolved_format() for s in config.inputs], split_bytes)
+    tasks = min(len(splits), max(4 * cores, -(-total // split_bytes)))
     parse = parse_splits(config.inputs, splits, config.max_doc_bytes, tokenizer)
     # One Python pass over the input: the parsed rows are kept on disk for the count, the ids and both writes.
     parsed = spark.range(len(splits), numPartitions=tasks).mapInArrow(parse, from_arrow_schema(PARSED_SCHEMA))
-    cached = [parsed.persist(StorageLevel.DISK_ONLY)]
+    parsed = parsed.persist(StorageLevel.DISK_ONLY)
     try:
         rows_in = dict.fromkeys((s.source for s in config.inputs), 0)
         for r in parsed.groupBy("input_index").count().collect():
             rows_in[config.inputs[r["input_index"]].source] += r["count"]
-        firsts = _first_rows(parsed).persist()
-        cached.append(firsts)
+        # Not cached: a cached aggregate keeps all spark.sql.shuffle.partitions (200 tasks per read); computed
+        # again for each write instead, only when some id repeats, from the cached rows.
+        firsts = _first_rows(parsed)
+        rows = parsed
         if repeated := firsts.count():
             log.info("ingest: %d ids are on more than one row; their later rows go to quarantine", repeated)
-            parsed = _quarantine_repeats(parsed, F.broadcast(firsts) if repeated <= MAX_BROADCAST_IDS else firsts)
-        good = parsed.where(F.col("reason").isNull()).select(*BASE_SCHEMA.names)
-        bad = parsed.where(F.col("reason").isNotNull()).select(*QUARANTINE_SCHEMA.names)
+            rows = _quarantine_repeats(parsed, F.broadcast(firsts) if repeated <= MAX_BROADCAST_IDS else firsts)
+        good = rows.where(F.col("reason").isNull()).select(*BASE_SCHEMA.names)
+        bad = rows.where(F.col("reason").isNotNull()).select(*QUARANTINE_SCHEMA.names)
         manifest = job.write(good, bad, stats=ingest_stats(rows_in), max_records_per_file=config.max_records_per_file,
                              extra={"tokenizer": config.tokenizer, "splits": len(splits)})
     finally:
-        for df in cached:
-            df.unpersist()
+        parsed.unpersist()
     if corrupt := manifest["counts"]["quarantined_by_reason"]["corrupt_file"]:
         log.warning("ingest: %d input file(s) could not be decoded to their end; %s/%s names them "
                     "(reason corrupt_file)", corrupt, job.path, QUARANTINE_DIR)
