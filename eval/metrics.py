@@ -1,7 +1,7 @@
 """Metrics lm-eval lacks, and a 95% confidence interval for every score, computed from the per-sample values.
 
-- ``roc_auc``: an lm-eval aggregation over per-sample ``(score, label)`` pairs (sklearn's ROC-AUC; NaN when the
-  sample holds one class only, since AUC is then undefined).
+- ``roc_auc``: an lm-eval aggregation over per-sample ``(score, label)`` pairs (``trait.ranks.roc_auc``, checked
+  against sklearn's in the tests; NaN when the sample holds one class only, since AUC is then undefined).
 - ``distinct_1`` / ``distinct_2``: aggregations over the generated texts: distinct n-grams / all n-grams of the
   whole set of outputs (lower-cased whitespace words; Li et al. 2016's corpus-level form). 1.0: no n-gram repeats.
 - ``score_ci``: the interval of a score. A mean of 0/1 values (accuracy, exact match) gets the Wilson score
@@ -16,6 +16,8 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from trait import ranks
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 BOOTSTRAP_ITERS = 1000
@@ -89,13 +91,9 @@ def jackknife_ci(values: Sequence, statistic: Callable[[list], float], z: float 
 
 
 def roc_auc(items: Sequence[tuple[float, int]]) -> float:
-    """ROC-AUC of per-sample ``(score, label)`` pairs (label 1 = positive); NaN if only one label occurs."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = [int(label) for _, label in items]
-    if len(set(labels)) < 2:
-        return math.nan
-    return float(roc_auc_score(labels, [float(score) for score, _ in items]))
+    """ROC-AUC of per-sample ``(score, label)`` pairs (label 1 = positive); NaN if only one label occurs. The
+    classifiers' held-out AUC is the same function (``trait.ranks.roc_auc``)."""
+    return ranks.roc_auc(np.array([int(label) for _, label in items]), np.array([float(s) for s, _ in items]))
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:

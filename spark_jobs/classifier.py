@@ -30,6 +30,7 @@ import numpy as np
 from trait.config import ConfigError, field, to_dict
 from trait.contract import MANIFEST_NAME, finished_dataset, score_column
 from trait.outputs import check_output
+from trait.ranks import roc_auc
 
 from .fs import arrow_filesystem
 from .text import NORMALISER_VERSION, normalise
@@ -167,24 +168,6 @@ def load_examples(cfg: ClassifierConfig) -> tuple[list[tuple[str, str, int]], di
     examples = [(i, t, 1) for i, t in zip(pos["id"], pos["text"])] + [(i, t, 0) for i, t in negatives]
     return examples, {"positives": to_dict(cfg.positives), "negatives": to_dict(cfg.negatives),
                       "negative_ratio": cfg.negative_ratio}
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC-AUC as the Mann-Whitney U statistic with tied scores given their average rank."""
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    i = 0
-    while i < len(scores):
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    n_pos, n_neg = int(labels.sum()), int((1 - labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:

@@ -37,7 +37,8 @@ REPORT_HTML, REPORT_JSON = "report.html", "report.json"  # what the report's dir
 class ReportConfig:
     bins: int = field(20, help="histogram bins over [0, 1]")
     percentiles: list[float] = field(default_factory=lambda: [1, 5, 10, 25, 50, 75, 90, 95, 99],
-                                     help="percentiles (0-100] to tabulate, by documents and by tokens")
+                                     help="percentiles (0-100) to tabulate, by documents and by tokens (the "
+                                          "score `trait select` percentile=p cuts at)")
     domain_column: str | None = field(None, help="grid rows; default: the one score_domain_* column")
     quality_column: str | None = field(None, help="grid columns; default: the one score_quality_* column")
     domain_thresholds: list[float] = field(default_factory=lambda: list(TENTHS), help="grid thresholds (score >= t)")
@@ -52,8 +53,9 @@ class ReportConfig:
     def validate(self) -> None:
         if not 1 <= self.bins <= 1000:
             raise ConfigError(f"bins must be in [1, 1000], got {self.bins}")
-        if any(not 0 < p <= 100 for p in self.percentiles):
-            raise ConfigError(f"percentiles must be in (0, 100], got {self.percentiles}")
+        if any(not 0 < p < 100 for p in self.percentiles):
+            raise ConfigError(f"percentiles must be in (0, 100) (p: the lowest score left when the lowest p% are "
+                              f"dropped), got {self.percentiles}")
         for name in ("domain_thresholds", "quality_thresholds"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} needs at least one threshold")

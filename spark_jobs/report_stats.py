@@ -4,15 +4,18 @@ Conventions shared by every figure (the test computes them again with pandas):
 - A score is *valid* when it is neither null nor NaN; nulls and NaNs are counted, never binned or kept.
 - Histogram bin of a score s over [0, 1] with B bins: ``clip(floor(s * B), 0, B - 1)`` (s = 1.0 falls in the last
   bin; a score outside [0, 1], which no scorer writes, lands in an edge bin and shows in the column's min/max).
-- Percentile p (document- or token-weighted): the smallest score s whose cumulative weight over scores <= s
-  reaches ``p * total / 100`` (the inverse CDF, numpy's ``inverted_cdf``). Exact: a fine histogram of
-  ``B * FINE_PER_BIN`` bins finds the crossing bins, then the distinct values inside them give the score.
+- Percentile p (document- or token-weighted): ``trait select``'s cut (``trait.ranks``), the smallest score s whose
+  cumulative weight over scores <= s exceeds ``p * total / 100``: the lowest score left when the lowest-scoring p%
+  are dropped. Exact: a fine histogram of ``B * FINE_PER_BIN`` bins finds the crossing bins, then the distinct
+  values inside them give the score.
 - Threshold t keeps a document when its valid score is >= t (as ``trait select`` does).
 """
 
 from __future__ import annotations
 
 import math
+
+from trait.ranks import cut_weight, first_reaching
 
 # Fine bins per histogram bin. A power of two keeps the fine and coarse bins nested exactly: float64
 # multiplication by 2^12 only shifts the exponent, so floor(s * B * 4096) // 4096 == floor(s * B) for every s.
@@ -52,17 +55,6 @@ def column_summaries(df, columns: list[str]) -> tuple[int, int, dict[str, dict]]
     return docs, row["tokens"] or 0, out
 
 
-def _walk(bins: list[tuple], key: int, target: float):
-    """First entry of ``bins`` (sorted ascending) where the cumulative weight at index ``key`` reaches ``target``:
-    (entry, weight before it); None when the total never reaches it."""
-    cum = 0
-    for entry in bins:
-        if cum + entry[key] >= target:
-            return entry, cum
-        cum += entry[key]
-    return None
-
-
 def histogram_and_percentiles(df, column: str, bins: int, percentiles: list[float]) -> dict:
     """Histogram of ``column`` over [0, 1] (documents and tokens per bin) and exact document- and token-weighted
     percentiles. Two aggregations: the fine histogram, then the distinct values inside the crossing fine bins."""
@@ -79,11 +71,10 @@ def histogram_and_percentiles(df, column: str, bins: int, percentiles: list[floa
         docs[index // FINE_PER_BIN] += n
         tokens[index // FINE_PER_BIN] += t
     totals = {"docs": sum(docs), "tokens": sum(tokens)}
-    # Target weight per (weight, percentile); p * total / 100 rounds once, as the pandas check does.
-    targets = {(w, p): p * totals[w] / 100 for w in totals for p in percentiles if totals[w] > 0}
+    targets = {(w, p): cut_weight(p, totals[w]) for w in totals for p in percentiles if totals[w] > 0}
     crossing = {}
     for (w, p), target in targets.items():
-        found = _walk(fine, 1 if w == "docs" else 2, target)
+        found = first_reaching(fine, 1 if w == "docs" else 2, target)
         if found is not None:
             crossing[(w, p)] = found
     values = {}
@@ -96,7 +87,7 @@ def histogram_and_percentiles(df, column: str, bins: int, percentiles: list[floa
     result = {"docs": {}, "tokens": {}}
     for (w, p), (entry, before) in crossing.items():
         key = 1 if w == "docs" else 2
-        inner = _walk(sorted(values[entry[0]]), key, targets[(w, p)] - before)
+        inner = first_reaching(sorted(values[entry[0]]), key, targets[(w, p)] - before)
         result[w][p] = inner[0][0] if inner else None
     edges = [i / bins for i in range(bins + 1)]
     return {"edges": edges, "docs": docs, "tokens": tokens,

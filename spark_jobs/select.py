@@ -2,7 +2,9 @@
 
 Each threshold is one of:
 - ``min``: an absolute score in [0, 1]; documents with score >= min are kept;
-- ``percentile`` p in [0, 100): keeps the top (100 - p)% of scored documents (ties at the threshold kept);
+- ``percentile`` p in [0, 100): keeps the top (100 - p)% of scored documents (ties at the threshold kept): the
+  threshold is the lowest score left when the lowest-scoring p% are dropped (``trait.ranks``; the report's
+  percentile rows show the same score);
 - ``token_budget`` N: the best N tokens by this score among the documents that pass the other threshold
   (kept tokens reach N, overshooting by at most the documents tied at the threshold).
 
@@ -16,10 +18,10 @@ kept; a percentile over no score, and a budget it cannot reach, are logged as wa
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 from trait.config import ConfigError, field, to_dict
+from trait.ranks import cut_weight, first_reaching
 
 from .dataset import JobOutput, open_dataset, parts_glob, read_parts
 
@@ -97,18 +99,16 @@ def value_at_cumulative(df, column: str, weight, target: float, descending: bool
         return None
     width = (hi - lo) or 1.0
     binned = df.withColumn("_bin", F.least(F.floor((F.col(column) - lo) / width * BINS), F.lit(BINS - 1)))
-    bins = sorted(binned.groupBy("_bin").agg(F.sum(weight).alias("w")).collect(), key=lambda r: r["_bin"],
+    bins = sorted(((r["_bin"], r["w"]) for r in binned.groupBy("_bin").agg(F.sum(weight).alias("w")).collect()),
                   reverse=descending)
-    cum = 0.0
-    for row in bins:
-        if cum + row["w"] >= target:
-            values = binned.where(F.col("_bin") == row["_bin"]).groupBy(column).agg(F.sum(weight).alias("w"))
-            for value in sorted(values.collect(), key=lambda r: r[column], reverse=descending):
-                cum += value["w"]
-                if cum >= target:
-                    return float(value[column])
-        cum += row["w"]
-    return None
+    found = first_reaching(bins, 1, target)
+    if found is None:
+        return None
+    (crossing, _), before = found
+    values = binned.where(F.col("_bin") == crossing).groupBy(column).agg(F.sum(weight).alias("w")).collect()
+    (value, _), _ = first_reaching(sorted(((r[column], r["w"]) for r in values), reverse=descending), 1,
+                                   target - before)
+    return float(value)
 
 
 def resolve(df, config: SelectConfig) -> dict[str, dict]:
@@ -125,8 +125,8 @@ def resolve(df, config: SelectConfig) -> dict[str, dict]:
             resolved[key] = {"column": t.column, "rule": {"min": t.min}, "score": t.min}
         elif t.percentile is not None:
             n = df.where(F.col(t.column).isNotNull()).count()
-            rank = min(math.floor(t.percentile / 100 * n) + 1, n)
-            score = value_at_cumulative(df, t.column, F.lit(1), rank, descending=False) if n else None
+            target = cut_weight(t.percentile, n)  # documents at or below the cut: the lowest p% and the first kept
+            score = value_at_cumulative(df, t.column, F.lit(1), target, descending=False) if n else None
             if not n:
                 log.warning("%s threshold: percentile %s: %s", key, t.percentile,
                             _NOTHING_SCORED.format(documents="document", column=t.column))

@@ -72,10 +72,11 @@ def _pandas(corpus):
 
 
 def _percentile(frame, column, weights, p):
+    """The lowest score left when the lowest-scoring p% of the weight is dropped (integer p: exact arithmetic)."""
     valid = frame[frame[column].notna()].sort_values(column, kind="stable")
     w = np.ones(len(valid), dtype=np.int64) if weights == "docs" else valid["n_tokens"].to_numpy()
     cum = np.cumsum(w)
-    return float(valid[column].to_numpy()[np.argmax(cum >= p * cum[-1] / 100)])
+    return float(valid[column].to_numpy()[np.argmax(cum * 100 > p * cum[-1])])
 
 
 def test_figures_equal_independent_pandas_computations(report, corpus):
@@ -113,6 +114,18 @@ def test_figures_equal_independent_pandas_computations(report, corpus):
         assert (row["tp"], row["fp"], row["fn"]) == (tp, fp, positive.sum() - tp)
         assert row["precision"] == pytest.approx(precision) and row["recall"] == pytest.approx(recall)
         assert row["f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+
+
+@pytest.mark.parametrize("column, p", [(D, 50), (Q, 90)])
+def test_select_cuts_where_the_report_shows_the_percentile(spark, report, corpus, tmp_path, column, p):
+    """One convention (trait.ranks): ``trait select`` percentile=p keeps scores >= the report's p row, by documents."""
+    from spark_jobs.select import SelectConfig, run_select
+
+    data = report[2]
+    shown = {r["p"]: r["score"] for r in data["histograms"][column]["percentiles"]["docs"]}[p]
+    manifest = run_select(spark, from_dict(SelectConfig, {"domain": {"column": column, "percentile": p}}), corpus,
+                          str(tmp_path / "selected"))
+    assert manifest["thresholds"]["domain"]["score"] == shown
 
 
 def test_samples_are_the_smallest_hashes_per_bucket_cut_to_600_characters(report, corpus):
@@ -215,5 +228,6 @@ def test_bad_requests_say_what_to_do(spark, scored, small_corpus, tmp_path):
         run_report(spark, ReportConfig(), scored, str(tmp_path / "b"), validation_path=scored)
     with pytest.raises(DatasetError, match="run `trait score`"):
         run_report(spark, ReportConfig(), small_corpus["pool"], str(tmp_path / "c"))
-    with pytest.raises(ConfigError, match="percentiles"):
-        from_dict(ReportConfig, {"percentiles": [0]})
+    for outside in (0, 100):  # 100: no score is left when all of the weight is dropped
+        with pytest.raises(ConfigError, match="percentiles must be in"):
+            from_dict(ReportConfig, {"percentiles": [outside]})
