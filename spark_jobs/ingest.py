@@ -144,7 +144,7 @@ def _document(source: str, spec: InputSpec, max_bytes: int, text: Any, ident: An
     if size > max_bytes:
         return {"reason": "too_large", "detail": f"{size} bytes > max_doc_bytes {max_bytes}"}
     url = _as_key(url)
-    for name, value in (("text", text), ("url", url), ("id", _as_key(ident))):
+    for name, value in (("text", text), ("url", url), ("id", _as_key(ident)), ("source", source)):
         try:
             (value or "").encode("utf-8")
         except UnicodeEncodeError as exc:  # JSON "\ud800" escapes decode to lone surrogates
@@ -156,7 +156,7 @@ def _document(source: str, spec: InputSpec, max_bytes: int, text: Any, ident: An
 
 def _parse_jsonl(spec: InputSpec, max_bytes: int, raw: bytes) -> dict:
     if len(raw) > max_bytes:
-        return {"reason": "too_large", "detail": f"record of {len(raw)} bytes > max_doc_bytes {max_bytes}"}
+        return {"reason": "too_large", "detail": f"record of more than max_doc_bytes {max_bytes} bytes"}
     if not raw.strip():
         return {"reason": "blank_line", "detail": None}
     try:
@@ -165,7 +165,7 @@ def _parse_jsonl(spec: InputSpec, max_bytes: int, raw: bytes) -> dict:
         return {"reason": "invalid_utf8", "detail": str(exc)[:200]}
     try:
         obj = json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested ~1,000 deep
         return {"reason": "invalid_json", "detail": str(exc)[:200]}
     if not isinstance(obj, dict):
         return {"reason": "not_an_object", "detail": f"top-level JSON {type(obj).__name__}"}

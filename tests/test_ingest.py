@@ -33,6 +33,7 @@ BAD = [
     (b'{"id": "u", "text": "caf\xe9 latin-1"}', "invalid_utf8"),
     (b'{"id": "e", "text": "  \\n\\t "}', "empty_text"),
     (b'{"id": "s", "text": "lone \\ud800 surrogate"}', "invalid_unicode"),
+    (b"[" * 3000, "invalid_json"),  # nested deeper than Python's recursion limit
     (b"", "blank_line"),
     (json.dumps({"id": "big", "text": "x" * 5000}).encode(), "too_large"),
 ]
@@ -198,10 +199,12 @@ def test_repeated_ids_keep_their_first_row_by_input_order_then_file_then_positio
 def test_repeated_ids_of_a_sub_source_are_counted_under_their_input(spark, tmp_path):
     write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "text": "a", "set": "x"}, {"id": 1, "text": "b", "set": "x"},
                                         {"id": 1, "text": "c", "set": "y"}])
+    with open(tmp_path / "in.jsonl", "ab") as fh:
+        fh.write(b'{"id": 2, "text": "d", "set": "lone \\udc00 surrogate"}\n')
     cfg = from_dict(IngestConfig, {"inputs": [{"path": str(tmp_path / "in.jsonl"), "source": "pile",
                                                "source_field": "set"}]})
     counts = run_ingest(spark, cfg, str(tmp_path / "out"))["counts"]
     assert counts["by_source"] == {"pile/x": {"rows_out": 1, "tokens_out": 1}, "pile/y": {"rows_out": 1,
                                                                                          "tokens_out": 1}}
-    assert counts["by_input_source"]["pile"] == {"rows_in": 3, "rows_out": 2, "tokens_out": 2,
-                                                 "quarantined": {"duplicate_id": 1}}
+    assert counts["by_input_source"]["pile"] == {"rows_in": 4, "rows_out": 2, "tokens_out": 2,
+                                                 "quarantined": {"duplicate_id": 1, "invalid_unicode": 1}}

@@ -15,7 +15,7 @@ from spark_jobs.ingest import IngestConfig, _parse_jsonl, run_ingest
 from trait.config import from_dict
 from trait.contract import INGEST_QUARANTINE_REASONS, QUARANTINE_DIR, finished_dataset, validate_table
 
-MAX_DOC_BYTES = 300
+MAX_DOC_BYTES = 6000  # room for a 5,000-digit id (over int() limit of 4,300) and JSON nested 2,500 deep
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True),
                     st.sampled_from(["a", "é", "", " ", "\u2028", "\x00"]))
@@ -36,7 +36,8 @@ malformed_lines = st.one_of(
     record_lines.flatmap(lambda line: st.integers(0, max(len(line) - 1, 0)).map(lambda k: line[:k])),  # truncated
     st.sampled_from([b"[]", b"1", b'"s"', b"null", b"  ", b"\t", b'{"text": "lone \\udc00"}', b'{"text": "\xff\xfe"}',
                      b'{"text": "dup", "text": 5}', b"{'text': 'single quotes'}", b'{"text": "a"} trailing',
-                     b"\xef\xbb\xbf" + b'{"text": "after a byte order mark"}']))
+                     b"\xef\xbb\xbf" + b'{"text": "after a byte order mark"}', b"[" * 2500,
+                     b'{"text": "x", "meta": {"set": "lone \\ud800"}}', b'{"text": "x", "id": ' + b"9" * 5000 + b"}"]))
 lines = st.lists(st.one_of(record_lines, malformed_lines).map(lambda b: b.replace(b"\n", b" ")), min_size=1,
                  max_size=60).flatmap(  # and whole lines repeated
     lambda ls: st.lists(st.sampled_from(ls), max_size=5).map(lambda extra: ls + extra))
