@@ -1,9 +1,10 @@
 """Process group, optimizer, learning-rate schedule and the DeepSpeed ZeRO-1 engine, all derived from one
 ``StageConfig`` so the batch arithmetic cannot drift between the trainer and DeepSpeed.
 
-Works in one process (a single-member process group on a free port) and in N processes under torchrun (which
-sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), locally or per node under Slurm (srun starts one
-torchrun per node with a c10d rendezvous). Backend: NCCL on CUDA, gloo on CPU.
+Works in one process (a single-member process group on a free loopback port) and in N processes under torchrun
+(which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), locally or per node under Slurm (srun starts
+one torchrun per node with a c10d rendezvous). Backend: NCCL on CUDA, gloo on CPU. The process group's store
+listens on MASTER_ADDR only (trainer.rendezvous).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 from dataclasses import dataclass
 
 from trainer.config import StageConfig
+from trainer.rendezvous import process_group_store
 from trait.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def init_distributed() -> Dist:
     import deepspeed
     import torch
     import torch.distributed as dist
+    from deepspeed.constants import default_pg_timeout
 
     env = os.environ
     # SLURM_STEP_ID: inside an srun step, not merely an sbatch script whose allocation has several tasks.
@@ -57,16 +60,26 @@ def init_distributed() -> Dist:
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_STEP_NUM_TASKS"]
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
     if "RANK" not in env:
-        env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
+        env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                    "MASTER_ADDR": "127.0.0.1"})
         env.setdefault("MASTER_PORT", str(_free_port()))
-    local_rank = int(env["LOCAL_RANK"])
+    if env.get("LOCAL_WORLD_SIZE") == env["WORLD_SIZE"]:
+        # Every rank runs on this machine, so the collectives' own sockets (gloo's pairs, NCCL's bootstrap) stay on
+        # loopback, whatever the environment names for other jobs; across machines they take the host name's
+        # interface, or the one these variables name.
+        env.update(GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
+    local_rank, world_size = int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        # The store is made here, not by init_method="env://", whose server would listen on every interface.
+        dist.init_process_group(backend, store=process_group_store(default_pg_timeout), rank=int(env["RANK"]),
+                                world_size=world_size, timeout=default_pg_timeout,
+                                device_id=device if backend == "nccl" and world_size > 1 else None)
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)  # DeepSpeed's wrapper of that group
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 

@@ -23,6 +23,7 @@ import random
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from trainer import checkpoint
@@ -352,10 +353,13 @@ def run_training(config: TrainConfig, resume: str = "auto") -> dict:
     return result
 
 
-def torchrun_command(config_path: str, nproc: int, resume: str) -> list[str]:
-    """torchrun for ``nproc`` local processes with this module as the entry point. ``--standalone`` picks a
-    free rendezvous port, so concurrent runs do not collide; SIGUSR1 is forwarded like SIGTERM."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+def torchrun_command(config_path: str, nproc: int, resume: str, rdzv_port: int) -> list[str]:
+    """torchrun for ``nproc`` local processes with this module as the entry point, meeting at the rendezvous store
+    on 127.0.0.1:``rdzv_port`` as a client (``launch_local`` serves it: torchrun's own would listen on every
+    interface); run it with ``trainer.rendezvous.TORCHRUN_ENV``. SIGUSR1 is forwarded like SIGTERM."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{rdzv_port}", f"--rdzv-id={uuid.uuid4()}",
+            "--rdzv-conf=is_host=0", "--local-addr=127.0.0.1",  # the workers' MASTER_ADDR
             "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
             # after forwarding a signal torchrun waits this long before SIGKILL: time for the stop checkpoint
             # (a 1B model's ZeRO-1 checkpoint is ~13 GB: tens of seconds to write and hash)
@@ -365,8 +369,12 @@ def torchrun_command(config_path: str, nproc: int, resume: str) -> list[str]:
 
 def launch_local(config_path: str, nproc: int, resume: str) -> int:
     """Run torchrun with ``nproc`` processes and wait; SIGTERM/SIGUSR1 sent to this process reach the workers
-    (through torchrun). Returns torchrun's exit code."""
+    (through torchrun). Returns torchrun's exit code. Everything the run listens on is on 127.0.0.1: the
+    rendezvous store (served here, on a free port), the workers' process group store and their collectives."""
     import subprocess
+    from datetime import timedelta
+
+    from trainer.rendezvous import TORCHRUN_ENV, store_server
 
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc}: give the number of local processes, >= 1")
@@ -375,7 +383,9 @@ def launch_local(config_path: str, nproc: int, resume: str) -> int:
     checkpoint.check_output_dir(config)
     for stage in config.stages:
         accumulation_steps(stage, nproc)  # global_batch_size divisible by micro_batch_size x nproc
-    proc = subprocess.Popen(torchrun_command(config_path, nproc, resume))
+    store = store_server("127.0.0.1", 0, timedelta(seconds=60))  # held open while torchrun runs
+    proc = subprocess.Popen(torchrun_command(config_path, nproc, resume, store.port),
+                            env={**os.environ, **TORCHRUN_ENV})
     forward = {sig: signal.signal(sig, lambda s, f: proc.send_signal(s)) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         return proc.wait()
