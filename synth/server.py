@@ -6,6 +6,7 @@ process group (the vLLM environment is separate: synth/ never imports vLLM or to
 fails fast with the log tail if the process dies, and stops the whole group (SIGTERM, then SIGKILL after
 ``stop_grace_s``) on exit, on error, on Ctrl-C and on SIGTERM of the parent. If the parent is SIGKILLed, a watchdog
 thread inside the server process notices and stops the group the same way, so no engine is left running.
+All the local server listens on is on 127.0.0.1: its port and its workers' collectives (gloo, NCCL).
 Without a ``log_path`` the server logs into a temporary folder (``trait-vllm-*``) that ``stop`` removes, after a
 clean run as after a failed start (whose error carries the log's last lines).
 
@@ -202,6 +203,10 @@ class VllmServer:
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.cpu_kvcache_gib))
         env["TRAIT_VLLM_STOP_GRACE_S"] = str(self.config.stop_grace_s)
+        # The server and its workers are on this machine: vLLM's host address and the workers' collectives stay on
+        # loopback, whatever the environment says for other jobs (vllm-cpu's worker listens on ~13 gloo ports, on
+        # the interface of the host name by default).
+        env.update(VLLM_HOST_IP="127.0.0.1", GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
         if self.log_path is None:
