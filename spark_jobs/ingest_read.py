@@ -21,7 +21,7 @@ import pyarrow as pa
 from .dataset import DatasetError
 from .fs import arrow_filesystem
 
-SPLIT_BYTES = 64 << 20  # half of Spark's default partition size: a 2-core machine gets 2 tasks from 100 MB
+SPLIT_BYTES = 64 << 20  # the largest split (half Spark's default partition); small inputs get smaller ones
 CODECS = {".gz": "gzip", ".zst": "zstd"}  # by file suffix; anything else is read as plain text
 PARQUET_BATCH_ROWS = 1024
 # A read that meets a truncated or corrupt stream fails whole: lines in its buffer are lost with it.
@@ -42,9 +42,9 @@ def plan_splits(files: list[tuple[int, str, int]], fmt: list[str],
     order; ``fmt[input index]`` is 'jsonl' or 'parquet'. Compressed JSONL files are one split each."""
     splits = []
     for index, uri, size in files:
-        step = size if fmt[index] == "jsonl" and _codec(uri) else split_bytes
-        for start in range(0, max(size, 1), max(step, 1)):
-            splits.append((len(splits), index, uri, start, min(start + max(step, 1), size)))
+        step = max(size if fmt[index] == "jsonl" and _codec(uri) else split_bytes, 1)
+        for start in range(0, max(size, 1), step):  # an empty file is one empty split
+            splits.append((len(splits), index, uri, start, min(start + step, size)))
     return splits
 
 
@@ -55,11 +55,10 @@ def check_readable(uri: str) -> None:
     if fs.type_name != "local":
         return
     try:
-        with open(path, "rb"):
-            pass
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # non-blocking: a named pipe must not hang the job
     except PermissionError:
         raise DatasetError(f"permission denied: cannot read input file {path}; make it readable "
-                              "(chmod a+r) or leave it out of the input glob") from None
+                           "(chmod a+r) or leave it out of the input glob") from None
 
 
 def read_split(fmt: str, uri: str, start: int, end: int, max_bytes: int, columns: list[str]) -> Iterator:
