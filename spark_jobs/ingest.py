@@ -276,8 +276,9 @@ def _quarantine_repeats(parsed, firsts):
 
     order = F.struct("input_index", "input_file", "position")
     repeat = F.col("first").isNotNull() & (order != F.col("first"))
-    detail = F.format_string("id %s: its first row, kept, is in %s at position %d", F.col("id"),
-                             F.col("first.input_file"), F.col("first.position"))
+    detail = F.format_string("id %s: its first row, kept, is in %s at position %d (the byte offset of a JSONL "
+                             "line, the row number in a Parquet file)", F.col("id"), F.col("first.input_file"),
+                             F.col("first.position"))
     return (parsed.join(firsts, "id", "left")
             .withColumn("reason", F.when(repeat, F.lit("duplicate_id")).otherwise(F.col("reason")))
             .withColumn("detail", F.when(repeat, detail).otherwise(F.col("detail")))
