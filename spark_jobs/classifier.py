@@ -41,6 +41,7 @@ POSITIVE, NEGATIVE = "__label__pos", "__label__neg"
 # fastText allocates bucket x dim float32 for the n-gram embeddings, copied to every Python worker that scores.
 MAX_INPUT_MATRIX_BYTES = 8 << 30
 INT32_MAX = 2**31 - 1
+TRAIN_IDS = "train_ids.txt"  # the ids of the training split, one a line (sorted): validation sets are checked on it
 
 
 @dataclass
@@ -247,6 +248,8 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
             return card
     examples, data_desc = load_examples(cfg)
     train = [(t, y) for i, t, y in examples if _hash01(cfg.seed, "heldout", i) >= cfg.heldout_fraction]
+    train_ids = "".join(f"{i}\n" for i in sorted({i for i, _, _ in examples
+                                                  if _hash01(cfg.seed, "heldout", i) >= cfg.heldout_fraction}))
     held = [(t, y) for i, t, y in examples if _hash01(cfg.seed, "heldout", i) < cfg.heldout_fraction]
     for split, rows in (("training", train), ("held-out", held)):
         classes = {y for _, y in rows}
@@ -254,7 +257,8 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
             raise ConfigError(f"the {split} split has labels {sorted(classes)}; both classes are needed "
                               f"({len(examples)} examples in all): add data or change heldout_fraction")
     check_output(out, inputs=[r.path for r in (*cfg.positives, *cfg.negatives, *cfg.labelled)],
-                 own=("card.json", f"{cfg.name}_v*.bin"), dataset=False)
+                 own=("card.json", f"{cfg.name}_v*.bin", TRAIN_IDS, "validation.json", "validation.md"),
+                 dataset=False)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         train_file = os.path.join(tmp, "train.txt")
@@ -266,12 +270,15 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
     scores = positive_probability(model, [normalise(t) for t, _ in held])
     bin_path = out / f"{cfg.name}_v{cfg.version}.bin"
     model.save_model(str(bin_path))
+    (out / TRAIN_IDS).write_text(train_ids, encoding="utf-8")
     card = {
         "name": cfg.name, "version": cfg.version, "score_column": score_column(cfg.name, cfg.version),
         "model_file": bin_path.name, "model_sha1": file_sha1(bin_path),
         "fingerprint": fingerprint,
         "positive_label": POSITIVE, "normaliser": NORMALISER_VERSION,
-        "data": {**data_desc, "train": {"n": len(train), "n_positive": sum(y for _, y in train)},
+        "data": {**data_desc, "train": {"n": len(train), "n_positive": sum(y for _, y in train),
+                                         "ids_file": TRAIN_IDS,
+                                         "ids_sha1": hashlib.sha1(train_ids.encode()).hexdigest()},
                  "heldout": {"n": len(held), "n_positive": int(labels.sum())}},
         "config": to_dict(cfg), "training": attempts, "heldout_metrics": binary_metrics(labels, scores),
         "fasttext": metadata.version("fasttext-community"), "wall_time_s": round(time.time() - started, 2),
@@ -292,7 +299,8 @@ def file_sha1(path: Path) -> str:
 def load_card(model_dir: str | Path) -> tuple[dict, Path]:
     """The card of a trained classifier and the path of its .bin, checked before anything ships it: the normaliser
     version, and the .bin's sha1 against the card's ``model_sha1`` (fastText crashes or hangs on a truncated
-    file instead of raising)."""
+    file instead of raising). The card's ``validation`` block (``trait classifier evaluate``) is left out: it
+    describes data the model was judged on, not the model, so adding one does not change a score job's inputs."""
     model_dir = Path(model_dir)
     card_path = model_dir / "card.json"
     if not card_path.exists():
@@ -306,6 +314,7 @@ def load_card(model_dir: str | Path) -> tuple[dict, Path]:
     if card.get("normaliser") != NORMALISER_VERSION:
         raise ConfigError(f"{model_dir} was trained with normaliser {card.get('normaliser')!r}, this scorer uses "
                           f"{NORMALISER_VERSION!r}; retrain it")
+    card.pop("validation", None)
     bin_path = model_dir / card["model_file"]
     if not bin_path.is_file():
         raise ConfigError(f"{bin_path} (named by {card_path}) does not exist; retrain with 'trait classifier train'")
