@@ -4,8 +4,10 @@
 setup:
 	bash infra/setup.sh
 
+# The TRAIT experiment on this machine, end to end: selection, passages, every arm trained and evaluated, the
+# ablation table (runs/math_tiny/ablation.md) and the run page (runs/math_tiny/index.html).
 demo: setup
-	.venv/bin/trait demo
+	.venv/bin/trait pipeline run --config infra/configs/pipeline/math_tiny.yaml
 
 # Two pytest workers, a test file each at a time (module fixtures such as a vLLM server start once): most tests wait
 # on servers, daemons and subprocesses, so a serial run keeps ~0.5 of the 2 cores busy (28.5 min against 18.3 min).

@@ -304,9 +304,25 @@ def _demo(cfg, args) -> None:
     run_demo(cfg.workdir, cfg.data, args.master)
 
 
+def _pipeline(name: str):
+    def run(cfg, args) -> None:
+        import trait.pipeline
+
+        getattr(trait.pipeline, name)(cfg, args)
+    return run
+
+
+def _pipeline_flags(p: argparse.ArgumentParser) -> None:
+    from trait.pipeline import add_run_flags
+
+    add_run_flags(p)
+
+
 # --- the commands --------------------------------------------------------------------------------------------------
 
-GROUPS = {"classifier": "fastText classifiers",
+GROUPS = {"pipeline": "the TRAIT experiment as one resumable job: selection, passages, the arms' training, their "
+                      "evaluation and the ablation table",
+          "classifier": "fastText classifiers",
           "baseline": "Spark jobs: selection baselines (random, DSIR) to a token budget",
           "synth": "task-oriented synthetic passages from a vLLM-served generator"}
 
@@ -384,6 +400,13 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("datamap",): Command(
         "data map: samples of each source embedded (MiniLM) and drawn in 2-D (t-SNE), with centroid distances and "
         "nearest-neighbour source mix", "eval.datamap:DatamapConfig", _datamap, _datamap_flags),
+    ("pipeline", "run"): Command(
+        "run every stage that must run (skipping those finished with the same fingerprint), then write "
+        "ablation.{json,csv,md} and index.html", "trait.pipeline.config:PipelineConfig",
+        _pipeline("run_command"), _pipeline_flags),
+    ("pipeline", "plan"): Command(
+        "print the stage graph: run or skip for each stage, and why", "trait.pipeline.config:PipelineConfig",
+        _pipeline("plan_command")),
     ("demo",): Command(
         "the math selection demo on ../shared/data, end to end", "spark_jobs.demo:DemoConfig", _demo,
         lambda p: p.add_argument("--master", help="Spark master (default local[*])")),

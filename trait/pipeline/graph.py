@@ -61,6 +61,7 @@ class Stage:
     outputs: dict[str, str]  # role -> path (the main output first)
     external: list[str] = field(default_factory=list)  # input file globs read from outside the run
     fingerprint: str = ""
+    input_fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
     def output(self) -> str:
@@ -97,9 +98,9 @@ def fingerprint_stages(stages: list[Stage]) -> None:
     """Fill every stage's fingerprint, in order (inputs come first)."""
     by_name = {}
     for stage in stages:
+        stage.input_fingerprints = {n: by_name[n].fingerprint for n in stage.inputs}
         blob = {"kind": stage.kind, "config": stage.config, "code": code_version(stage.kind),
-                "inputs": {n: by_name[n].fingerprint for n in stage.inputs},
-                "external": _external_files(stage.external)}
+                "inputs": stage.input_fingerprints, "external": _external_files(stage.external)}
         stage.fingerprint = hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
         by_name[stage.name] = stage
 

@@ -55,7 +55,7 @@ class Context:
     def write_record(self, stage: Stage, **fields) -> dict:
         record = {"stage": stage.name, "kind": stage.kind, "fingerprint": stage.fingerprint,
                   "code": code_version(stage.kind), "config": stage.config, "inputs": stage.inputs,
-                  "outputs": stage.outputs, **fields}
+                  "input_fingerprints": stage.input_fingerprints, "outputs": stage.outputs, **fields}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / f"{stage.name}.json.tmp"
         tmp.write_text(json.dumps(record, indent=1, default=str))
@@ -93,7 +93,7 @@ def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def plan(stages: list[Stage], ctx: Context) -> list[Decision]:
     """Run or skip for every stage, and why."""
-    decisions, by_name = [], {}
+    decisions = []
     for stage in stages:
         record = ctx.record(stage)
         if record is None:
@@ -106,7 +106,8 @@ def plan(stages: list[Stage], ctx: Context) -> list[Decision]:
             d = Decision(stage, True, f"interrupted ({record.get('status')}); "
                          + ("continues" if _resumable(stage) else "starts again"))
         else:
-            upstream = [n for n in stage.inputs if by_name[n].run and "fingerprint" in by_name[n].reason]
+            before = record.get("input_fingerprints", {})
+            upstream = [n for n in stage.inputs if before.get(n) != stage.input_fingerprints[n]]
             changed = _changed(record.get("config", {}), stage.config)
             if changed:
                 why = "config changed: " + ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
@@ -118,7 +119,6 @@ def plan(stages: list[Stage], ctx: Context) -> list[Decision]:
                 why = "input files changed"
             d = Decision(stage, True, f"fingerprint changed ({why})")
         decisions.append(d)
-        by_name[stage.name] = d
     return decisions
 
 

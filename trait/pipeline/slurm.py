@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from trait import UserError
+from trait.config import to_dict
 
 from .graph import REPO
 from .run import PIPELINE_DIR, check_run_dir, load_run, plan
@@ -33,17 +34,17 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPT
 
 
 class Submitter:
-    def __init__(self, config, config_path: str, overrides: list[str], run_dir: Path):
+    def __init__(self, config, run_dir: Path):
         self.config, self.run_dir = config, run_dir
-        self.config_path = str(Path(config_path).resolve())
-        self.overrides = list(overrides) + [f"run_dir={run_dir}"]
         self.dir = run_dir / PIPELINE_DIR / "slurm"
         self.dir.mkdir(parents=True, exist_ok=True)
+        # The jobs read the config as resolved here (templates filled, overrides applied): what they run is what
+        # was planned, whatever changes in the environment of the nodes.
+        self.config_path = self.write_yaml("pipeline", {**to_dict(config), "run_dir": str(run_dir)})
         self.python = config.slurm.python or sys.executable
 
     def trait_command(self, *args: str) -> list[str]:
-        sets = [x for o in self.overrides for x in ("--set", o)]
-        return [self.python, "-m", "trait.cli", *args, *sets]
+        return [self.python, "-m", "trait.cli", *args]
 
     def sbatch(self, name: str, command: list[str] | None, deps: list[str], extra: list[str] = (),
                script: str | None = None, args: list[str] = ()) -> str:
@@ -71,19 +72,18 @@ class Submitter:
         return str(path)
 
 
-def submit(config, config_path: str, overrides: list[str], run_dir: str | None = None) -> dict:
+def submit(config, run_dir: str | None = None) -> dict:
     """Submit every stage that must run; returns ``{stage: job id}`` (and writes it to jobs.json)."""
     stages, ctx = load_run(config, run_dir)
     check_run_dir(ctx.run_dir)
-    s = Submitter(config, config_path, overrides, ctx.run_dir)
-    (ctx.run_dir / PIPELINE_DIR / "config.json").write_text(json.dumps(config_path))
+    s = Submitter(config, ctx.run_dir)
     jobs: dict[str, str] = {}
     for d in plan(stages, ctx):
         if not d.run:
             continue
         stage = d.stage
         deps = [jobs[n] for n in stage.inputs if n in jobs]
-        only = s.trait_command("pipeline", "run", s.config_path, "--only", stage.name)
+        only = s.trait_command("pipeline", "run", "--config", s.config_path, "--only", stage.name)
         if stage.spark and config.slurm.spark_submit:
             master = ["--master", config.spark_master] if config.spark_master else []
             only = [config.slurm.spark_submit, *master, str(REPO / "infra" / "spark" / "entry.py"), *only[3:]]
@@ -106,7 +106,7 @@ def submit(config, config_path: str, overrides: list[str], run_dir: str | None =
                 deps, extra = [trained], []
         jobs[stage.name] = s.sbatch(stage.name, only, deps, extra)
     if jobs:
-        final = s.trait_command("pipeline", "run", s.config_path, "--only", "ablation")
+        final = s.trait_command("pipeline", "run", "--config", s.config_path, "--only", "ablation")
         jobs["ablation"] = s.sbatch("ablation", final, list(jobs.values()))
     (s.dir / "jobs.json").write_text(json.dumps(jobs, indent=1))
     return jobs

@@ -188,19 +188,25 @@ def _write_yaml(ctx, name: str, body: dict) -> str:
 
 
 def _train(ctx, name: str, body: dict) -> dict:
-    from trainer.config import TrainConfig
-    from trainer.train import launch_local, run_training
+    """The trainer in a process of its own (torchrun when nproc > 1): a distributed run's process group, its
+    environment (RANK, MASTER_PORT, ...) and its memory end with it, so the next stage starts clean."""
+    import subprocess
+    import sys
 
+    from trainer.train import launch_local
+    from trait import UserError
+
+    config = _write_yaml(ctx, name, body)
     nproc = ctx.config.training.nproc
     if nproc > 1:
-        code = launch_local(_write_yaml(ctx, name, body), nproc, "auto")
-        if code:
-            from trait import UserError
-
-            raise UserError(f"{name}: torchrun exited {code}; rerun the pipeline to resume from the last checkpoint")
-        result = json.loads((Path(body["output_dir"]) / "summary.json").read_text())
+        code = launch_local(config, nproc, "auto")
     else:
-        result = run_training(from_dict(TrainConfig, body), "auto")
+        command = [sys.executable, "-m", "trainer.train", "--config", config, "--resume", "auto"]
+        code = subprocess.run(command).returncode
+    if code:
+        raise UserError(f"{name}: training exited {code} (its log is above); rerun the pipeline to resume from the "
+                        "newest checkpoint")
+    result = json.loads((Path(body["output_dir"]) / "summary.json").read_text())
     return {"stages": {n: {"steps": s["steps"], "tokens": s["tokens"], "final_loss": s["final_loss"],
                            "tokens_by_source": tokens_by_source(s)}
                        for n, s in result["stages"].items()}}
