@@ -176,7 +176,8 @@ def run_fingerprint(config: SynthConfig) -> str:
     """sha1 of everything in the config that fixes the batches and their content."""
     settings = {k: v for k, v in to_dict(config).items() if k not in _EXECUTION_ONLY}
     settings["server"] = {k: v for k, v in settings["server"].items()
-                          if k in ("model", "dtype", "max_model_len", "tiny_model", "compact_json")}
+                          if k in ("model", "dtype", "max_model_len", "tiny_model", "compact_json")
+                          or (k == "chat_template" and v)}  # the prompt's text (left out when unset: old runs)
     settings["columns"] = ROW_SCHEMA.names  # batches committed with other columns are refused, not mixed in
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -304,6 +304,12 @@ def _demo(cfg, args) -> None:
     run_demo(cfg.workdir, cfg.data, args.master)
 
 
+def _model_prepare(cfg, args) -> None:
+    from trait.models import prepare
+
+    print(prepare(cfg.name, cfg.cache_dir, install=cfg.install))  # the directory alone: $(trait model prepare ...)
+
+
 def _pipeline(name: str):
     def run(cfg, args) -> None:
         import trait.pipeline
@@ -324,7 +330,8 @@ GROUPS = {"pipeline": "the TRAIT experiment as one resumable job: selection, pas
                       "evaluation and the ablation table",
           "classifier": "fastText classifiers",
           "baseline": "Spark jobs: selection baselines (random, DSIR) to a token budget",
-          "synth": "task-oriented synthetic passages from a vLLM-served generator"}
+          "synth": "task-oriented synthetic passages from a vLLM-served generator",
+          "model": "pretrained base models (docs/models.md)"}
 
 COMMANDS: dict[tuple[str, ...], Command] = {
     ("ingest",): Command(
@@ -407,6 +414,11 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("pipeline", "plan"): Command(
         "print the stage graph: run or skip for each stage, and why", "trait.pipeline.config:PipelineConfig",
         _pipeline("plan_command")),
+    ("model", "prepare"): Command(
+        "install a pretrained base model, check its checksum and convert it once into a Hugging Face directory in "
+        "the trait cache; prints the directory", "trait.models:PrepareConfig", _model_prepare,
+        lambda p: p.add_argument("model", nargs="?", help="the model (same as --name), e.g. gemma3-270m"),
+        overrides=lambda args: {"name": args.model} if args.model else {}),
     ("demo",): Command(
         "the math selection demo on ../shared/data, end to end", "spark_jobs.demo:DemoConfig", _demo,
         lambda p: p.add_argument("--master", help="Spark master (default local[*])")),
