@@ -1,9 +1,10 @@
 """Contract datasets on any Hadoop-reachable URI: read only what is finished, write through staging.
 
 A job's output appears all at once: Spark writes into ``<output>._staging``; the part files are renamed to
-``part-NNNNN.parquet``; statistics are aggregated from the written files (never from accumulators); the manifest
-and ``_SUCCESS`` are written; then the staging directory is moved into place. A killed job leaves only staging,
-which the rerun deletes. A finished output whose fingerprint (config + inputs) matches is skipped.
+``part-NNNNN.parquet``; every part's schema is checked against the data contract (``trait.contract``); statistics
+are aggregated from the written files (never from accumulators); the manifest and ``_SUCCESS`` are written; then
+the staging directory is moved into place. A killed job leaves only staging, which the rerun deletes. A finished
+output whose fingerprint (config + inputs) matches is skipped. A dataset of another contract version is not read.
 
 What is deleted is only ever a TRAIT dataset or this job's own staging: before it reads its inputs' rows, a job
 refuses an output folder holding anything else, and an output that overlaps an input (``trait.outputs``); the
@@ -22,11 +23,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 
+import pyarrow as pa
+
 from trait import UserError, __version__
-from trait.contract import CONTRACT_VERSION, MANIFEST_NAME, QUARANTINE_DIR, QUARANTINE_SCHEMA, SUCCESS_MARKER, part_name
+from trait.contract import (
+    CONTRACT_VERSION,
+    MANIFEST_NAME,
+    QUARANTINE_DIR,
+    QUARANTINE_SCHEMA,
+    SUCCESS_MARKER,
+    ContractError,
+    parse_manifest,
+    part_name,
+    validate_quarantine_schema,
+    validate_schema,
+)
 from trait.outputs import DATASET_ENTRIES, PART_FILES, STAGING_ENTRIES, check_folder, check_output
 
-from .fs import HadoopFS
+from .fs import HadoopFS, arrow_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +92,23 @@ def read_quarantine(spark, path: str):
 
 
 def finished_manifest(spark, path: str) -> dict:
-    """The manifest of a finished dataset; raises DatasetError when ``path`` has no ``_SUCCESS``."""
+    """The manifest of a finished dataset; raises DatasetError when ``path`` has no ``_SUCCESS``, ContractError
+    when it was written under another major contract version."""
     fs = HadoopFS(spark)
     base = path.rstrip("/")
     if not fs.exists(f"{base}/{SUCCESS_MARKER}"):
         raise DatasetError(f"{path} is not a finished dataset (no {SUCCESS_MARKER}); run the job that makes it")
-    return json.loads(fs.read_text(f"{base}/{MANIFEST_NAME}"))
+    return parse_manifest(fs.read_text(f"{base}/{MANIFEST_NAME}"), path)
+
+
+def read_schema(uri: str) -> pa.Schema:
+    """Arrow schema of one Parquet file (from its footer), without Spark's schema metadata (which describes the
+    columns Spark wrote, not ones added after: Spark would read a scored file without its scores)."""
+    import pyarrow.parquet as pq
+
+    fs, path = arrow_filesystem(uri)
+    with fs.open_input_file(path) as source:
+        return pa.schema(list(pq.ParquetFile(source).schema_arrow))
 
 
 def open_dataset(spark, path: str):
@@ -116,6 +141,7 @@ class JobOutput:
     input_globs: list[str]
     overwrite: bool = False
     own: tuple[str, ...] = ()  # names the job writes into its dataset besides parts, manifest and `_` entries
+    writes_rows: bool = True  # False: the job writes only its `own` files (a report), no part files to check
     started: float = field(default_factory=time.time)
 
     def __post_init__(self):
@@ -182,6 +208,8 @@ class JobOutput:
         ``stats(spark, staging_path)`` must return a dict with ``rows_in``, ``rows_out`` and ``rows_quarantined``
         (and ``rows_rejected_by_reason`` for a selection, counted independently of the output).
         """
+        if self.writes_rows:
+            self._check_parts()
         t0 = time.time()
         counts = stats(self.spark, self.staging) if stats else {}
         log.info("%s: statistics aggregated over the output in %.1f s", self.job, time.time() - t0)
@@ -212,6 +240,20 @@ class JobOutput:
         self.fs.rename(self.staging, self.path)
         log.info("%s: wrote %s in %.1f s", self.job, self.path, manifest["wall_time_s"])
         return manifest
+
+    def _check_parts(self) -> None:
+        """Every staged part file follows the data contract (its schema, read from the footer), and so does the
+        quarantine's: a job whose rows break the contract fails here, before anything is committed."""
+        parts = [uri for uri, _, _ in self.fs.glob(parts_glob(self.staging))]
+        if not parts:
+            raise DatasetError(f"{self.job}: no part file in {self.staging}; a dataset holds at least one")
+        quarantine = [uri for uri, _, _ in self.fs.glob(parts_glob(f"{self.staging}/{QUARANTINE_DIR}"))]
+        for uri, check in [(u, validate_schema) for u in parts] + [(u, validate_quarantine_schema) for u in quarantine]:
+            try:
+                check(read_schema(uri))
+            except ContractError as err:
+                raise ContractError(f"{self.job} wrote {uri}, which breaks the data contract: {err}; output left in "
+                                    f"{self.staging}") from None
 
     def _rename_parts(self, directory: str) -> None:
         """Spark's ``part-00003-<uuid>-c000.zstd.parquet`` become ``part-00000.parquet`` ... in Spark's order."""

@@ -32,11 +32,11 @@ import numpy as np
 import pyarrow as pa
 
 from trait.config import ConfigError, field, to_dict
-from trait.contract import part_name
+from trait.contract import part_name, validate_schema
 
 from . import shipped
 from .classifier import load_card, positive_probability
-from .dataset import JobOutput, finished_manifest, parts_glob
+from .dataset import JobOutput, finished_manifest, parts_glob, read_schema
 from .fs import HadoopFS, arrow_filesystem
 from .parquet_append import ColumnAppender
 from .text import normalise
@@ -98,16 +98,6 @@ def _row_groups_in(metadata, start: int, end: int) -> list[int]:
         if start <= first + sum(c.total_compressed_size for c in chunks) // 2 < end:
             groups.append(i)
     return groups
-
-
-def read_schema(uri: str) -> pa.Schema:
-    """Arrow schema of one Parquet file, without Spark's schema metadata (which describes the input columns
-    only: Spark would read the output without the scores)."""
-    import pyarrow.parquet as pq
-
-    fs, path = arrow_filesystem(uri)
-    with fs.open_input_file(path) as source:
-        return pa.schema(list(pq.ParquetFile(source).schema_arrow))
 
 
 def score_split(split: tuple[int, str, int, int], models: list[tuple[str, str]], schema: pa.Schema, staging: str,
@@ -202,6 +192,7 @@ def run_score(spark, config: ScoreConfig, input_path: str, output: str, overwrit
     log.info("score: %d files, %.1f MB in %d splits of <= %.1f MB", len(files), total / 1e6, len(splits),
              split_bytes / 1e6)
     schema = pa.schema(list(schema) + [pa.field(c, pa.float32()) for c in columns])
+    validate_schema(schema)  # before hours of scoring; commit checks every part file written with it
     staging = job.begin()
     sc.setJobDescription(f"trait score: {len(splits)} splits of {input_path}")
     task = functools.partial(score_split, models=models, schema=schema, staging=staging,

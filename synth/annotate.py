@@ -37,7 +37,7 @@ from synth.prompts import DEFAULT_ANNOTATE_TEMPLATE, OUTPUT_FORMATS, render_anno
 from synth.server import ServerConfig, VllmServer
 from synth.store import ChunkStore
 from trait.config import ConfigError, field, to_dict
-from trait.contract import ContractError, finished_dataset
+from trait.contract import BASE_FIELDS, ContractError, finished_dataset
 from trait.outputs import check_output
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,10 @@ PARSE_FAILURES = REJECT_REASONS[2:]
 # vLLM: "This model's maximum context length is 2048 tokens. However, your prompt contains at least 2049 input
 # tokens"; OpenAI says "maximum context length" too.
 
+# The contract's base columns as the document has them (its own id; the whole text, not the cut the annotator saw),
+# then the grade and its provenance.
 ANNOTATION_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),  # the document's own id
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("text", pa.string(), nullable=False),  # the whole document, not the cut the annotator saw
-    pa.field("url", pa.string()),
-    pa.field("n_tokens", pa.int64(), nullable=False),
+    *BASE_FIELDS,
     pa.field("label", pa.int64()),  # the 0-5 grade; null only on quarantined rows
     pa.field("justification", pa.string()),
     pa.field("annotated_chars", pa.int64()),  # characters of the document shown to the annotator

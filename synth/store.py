@@ -4,10 +4,11 @@ Generation is slow and may be killed at any moment (SIGKILL, pre-emption, a lost
 numbered batches of groups whose composition depends only on the config, and each finished batch is committed as
 one Parquet file by an atomic rename (``<output>._chunks/batch-NNNNNNNN.parquet``). A rerun skips every committed
 batch and regenerates the rest, so every passage appears exactly once, however often the run was interrupted.
-``finish`` then writes the contract dataset: accepted passages (and, when validation flags rather than drops,
-flagged ones) as ``part-NNNNN.parquet``; rejected outputs in ``_quarantine`` with their reason and the whole row
-as JSON; ``manifest.json`` with counts by reason and the run's fingerprint; ``_SUCCESS`` last, through staging and
-a move. A finished output of another fingerprint is refused, never replaced.
+``finish`` then writes the contract dataset, its rows checked against ``trait.contract`` first: accepted passages
+(and, when validation flags rather than drops, flagged ones) as ``part-NNNNN.parquet``; rejected outputs in
+``_quarantine`` with their reason and the whole row as JSON; ``manifest.json`` with counts by reason, the run's
+fingerprint and the contract version; ``_SUCCESS`` last, through staging and a move. A finished output of another
+fingerprint is refused, never replaced.
 
 ``<output>._chunks`` stays after ``finish``, on purpose: it is the run's journal, every batch as it was committed,
 with each passage's raw generator reply (the dataset keeps raw replies only for quarantined rows), for audits of
@@ -31,16 +32,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trait.config import ConfigError
-from trait.contract import MANIFEST_NAME, QUARANTINE_DIR, QUARANTINE_SCHEMA, SUCCESS_MARKER, part_name
+from trait.contract import (
+    BASE_FIELDS,
+    CONTRACT_VERSION,
+    MANIFEST_NAME,
+    QUARANTINE_DIR,
+    QUARANTINE_SCHEMA,
+    SUCCESS_MARKER,
+    part_name,
+    validate_table,
+)
 from trait.outputs import STAGING_ENTRIES, check_folder, check_output
 
 # Every generated row: the contract's base columns, the provenance, and the validation verdict.
 ROW_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("text", pa.string(), nullable=False),
-    pa.field("url", pa.string()),
-    pa.field("n_tokens", pa.int64(), nullable=False),
+    *BASE_FIELDS,
     pa.field("problem_ids", pa.list_(pa.string())),
     pa.field("tasks", pa.list_(pa.string())),
     pa.field("template_version", pa.string()),
@@ -163,6 +169,7 @@ class ChunkStore:
         if counts["rows_in"] != counts["rows_out"] + counts["rows_quarantined"]:
             raise RuntimeError(f"rows in {counts['rows_in']} != out {counts['rows_out']} + quarantined "
                                f"{counts['rows_quarantined']}")
+        validate_table(data)  # the quarantine is built with the contract's schema above
         staging = self.staging
         check_folder(staging, STAGING_ENTRIES, dataset=False, name="staging folder")
         shutil.rmtree(staging, ignore_errors=True)
@@ -170,7 +177,8 @@ class ChunkStore:
         for index, start in enumerate(range(0, max(data.num_rows, 1), PART_ROWS)):
             pq.write_table(data.slice(start, PART_ROWS), staging / part_name(index), compression="zstd")
         pq.write_table(quarantine, staging / QUARANTINE_DIR / part_name(0), compression="zstd")
-        manifest = {**manifest, "fingerprint": self.fingerprint, "counts": counts}
+        manifest = {**manifest, "contract_version": CONTRACT_VERSION, "fingerprint": self.fingerprint,
+                    "counts": counts}
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         (staging / SUCCESS_MARKER).write_text("")
         check_folder(self.output)  # still new, empty or a TRAIT dataset after the hours the run may have taken

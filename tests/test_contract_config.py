@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -10,12 +11,15 @@ import pytest
 from trait.config import ConfigError, field, from_dict
 from trait.contract import (
     BASE_SCHEMA,
+    QUARANTINE_SCHEMA,
     ContractError,
     doc_id,
     finished_dataset,
     part_name,
     score_column,
+    validate_quarantine_schema,
     validate_table,
+    write_text_dataset,
 )
 
 
@@ -57,6 +61,43 @@ def test_finished_dataset_refuses_an_unfinished_directory(tmp_path):
     (tmp_path / "part-00000.parquet").write_bytes(b"")
     with pytest.raises(ContractError, match="not a finished dataset"):
         finished_dataset(str(tmp_path))
+
+
+@pytest.mark.parametrize("version", ["absent", 1, "1.4", 1.0])
+def test_readers_take_contract_version_1(tmp_path, version):
+    path = write_text_dataset(tmp_path / "d", "s", ["hello there"])
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["contract_version"] == 1  # what a writer puts there
+    if version == "absent":  # manifests written before the key existed
+        del manifest["contract_version"]
+    else:
+        manifest["contract_version"] = version
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps(manifest))
+    assert finished_dataset(path).count_rows() == 1
+
+
+@pytest.mark.parametrize("text, message", [
+    (json.dumps({"contract_version": 2}), "written under data contract version 2; this TRAIT reads version 1"),
+    (json.dumps({"contract_version": "2.0"}), "written under data contract version '2.0'"),
+    (json.dumps({"contract_version": "v1"}), "written under data contract version 'v1'"),
+    (json.dumps({"contract_version": None}), "written under data contract version None"),
+    (json.dumps({"contract_version": True}), "written under data contract version True"),
+    ("[1]", "is a JSON list, not an object"),
+    ("{", "is not valid JSON"),
+])
+def test_readers_refuse_another_major_contract_version(tmp_path, text, message):
+    path = write_text_dataset(tmp_path / "d", "s", ["hello there"])
+    (tmp_path / "d" / "manifest.json").write_text(text)
+    with pytest.raises(ContractError, match=message):
+        finished_dataset(path)
+
+
+def test_quarantine_schema_is_checked():
+    validate_quarantine_schema(QUARANTINE_SCHEMA)
+    with pytest.raises(ContractError, match="quarantine column 'raw' has type string, the contract says binary"):
+        validate_quarantine_schema(QUARANTINE_SCHEMA.set(4, pa.field("raw", pa.string())))
+    with pytest.raises(ContractError, match="quarantine column 'reason' not found"):
+        validate_quarantine_schema(QUARANTINE_SCHEMA.remove(2))
 
 
 @dataclass

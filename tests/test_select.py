@@ -90,7 +90,8 @@ def _unscored(tmp_path) -> str:
     """Three documents whose domain scores are null or NaN; quality scores 0.5, null, 0.7."""
     out = tmp_path / "nulls"
     out.mkdir()
-    table = pa.table({"id": ["a", "b", "c"], "source": ["s"] * 3, "text": ["x", "y", "z"], "url": [None] * 3,
+    table = pa.table({"id": ["a", "b", "c"], "source": ["s"] * 3, "text": ["x", "y", "z"],
+                      "url": pa.nulls(3, pa.string()),  # a column of nulls is still a string column
                       "n_tokens": pa.array([1, 2, 3], pa.int64()),
                       D: pa.array([None, float("nan"), None], pa.float32()),
                       Q: pa.array([0.5, None, 0.7], pa.float32())})

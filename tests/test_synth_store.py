@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synth.store import ChunkStore, passage_id
-from trait.contract import finished_dataset, validate_table
+from trait.contract import CONTRACT_VERSION, ContractError, finished_dataset, validate_table
 
 from .conftest import REPO
 
@@ -71,6 +71,7 @@ def test_killed_runs_resume_and_every_passage_appears_once(tmp_path):
     assert {q["reason"] for q in quarantine} == {"missing_enlightenment"}
     assert json.loads(quarantine[0]["raw"])["problem_ids"] == ["p7-0", "q7-0"]
     assert json.loads((out / "manifest.json").read_text())["counts"]["rows_out"] == 27
+    assert manifest["contract_version"] == CONTRACT_VERSION
 
 
 def test_flagging_keeps_rejected_passages_that_have_text_with_their_reason(tmp_path):
@@ -82,6 +83,16 @@ def test_flagging_keeps_rejected_passages_that_have_text_with_their_reason(tmp_p
     assert table.num_rows == 29 and manifest["counts"]["rows_flagged"] == 2
     assert manifest["counts"]["rows_quarantined"] == 1
     assert table.column("reject_reason").to_pylist().count("missing_enlightenment") == 2
+
+
+def test_rows_that_break_the_contract_are_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "broken"
+    store = ChunkStore(out, "run-x")
+    row = {"id": "a", "source": "synth/passage_v1", "text": "", "url": None, "n_tokens": 0, "reject_reason": None}
+    store.commit(0, [row])  # accepted, yet empty: a validator bug the contract catches
+    with pytest.raises(ContractError, match="column 'text' has 1 empty strings"):
+        store.finish({"job": "synth"}, keep_flagged=False)
+    assert not out.exists() and not (tmp_path / "broken._staging").exists()
 
 
 def test_batches_of_another_config_are_refused_not_mixed_in(tmp_path):

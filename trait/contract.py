@@ -10,11 +10,16 @@ Every dataset a TRAIT stage writes is a directory holding zero-padded ``part-NNN
 - ``url``: string or null.
 - ``n_tokens``: int64, counted with the tokenizer named in the manifest.
 - ``score_<name>_v<version>``: float32 per scorer; null when there was nothing to score.
+
+Every writer checks its rows or part files against this module before it commits (``validate_table``,
+``validate_schema``, ``validate_quarantine_schema``) and writes ``contract_version`` into the manifest; every reader
+refuses a dataset of another major version (``parse_manifest``; a manifest without the key is version 1).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 import pyarrow as pa
@@ -82,21 +87,30 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def validate_schema(schema: pa.Schema) -> None:
-    """Raise ContractError unless ``schema`` has the base columns with their types, and well-named scores."""
+def _require(schema: pa.Schema, fields, what: str = "column") -> None:
     names = schema.names
-    for field in BASE_FIELDS:
+    for field in fields:
         if field.name not in names:
-            raise ContractError(f"column {field.name!r} not found; columns are: {', '.join(names)}")
+            raise ContractError(f"{what} {field.name!r} not found; columns are: {', '.join(names)}")
         actual = schema.field(field.name).type
         if actual != field.type:
-            raise ContractError(f"column {field.name!r} has type {actual}, the contract says {field.type}")
-    for name in names:
+            raise ContractError(f"{what} {field.name!r} has type {actual}, the contract says {field.type}")
+
+
+def validate_schema(schema: pa.Schema) -> None:
+    """Raise ContractError unless ``schema`` has the base columns with their types, and well-named scores."""
+    _require(schema, BASE_FIELDS)
+    for name in schema.names:
         if name.startswith("score_"):
             if not _SCORE_COLUMN.match(name):
                 raise ContractError(f"score column {name!r} is not named score_<name>_v<version>")
             if schema.field(name).type != pa.float32():
                 raise ContractError(f"score column {name!r} has type {schema.field(name).type}, expected float")
+
+
+def validate_quarantine_schema(schema: pa.Schema) -> None:
+    """Raise ContractError unless ``schema`` has the quarantine's columns with their types."""
+    _require(schema, QUARANTINE_SCHEMA, "quarantine column")
 
 
 def validate_table(table: pa.Table) -> None:
@@ -113,10 +127,29 @@ def validate_table(table: pa.Table) -> None:
         raise ContractError(f"column 'text' has {empty} empty strings; empty documents belong in quarantine")
 
 
+def parse_manifest(text: str | bytes, where: str) -> dict:
+    """The manifest of the dataset at ``where``, from its JSON text; a ContractError when it is not a JSON object or
+    names a major ``contract_version`` other than this module's (a manifest without the key is version 1: manifests
+    were written before it existed)."""
+    try:
+        manifest = json.loads(text)
+    except ValueError as err:
+        raise ContractError(f"{where}/{MANIFEST_NAME} is not valid JSON ({err}); the dataset is damaged") from None
+    if not isinstance(manifest, dict):
+        raise ContractError(f"{where}/{MANIFEST_NAME} is a JSON {type(manifest).__name__}, not an object")
+    version = manifest.get("contract_version", 1)
+    if isinstance(version, bool) or str(version).partition(".")[0] != str(CONTRACT_VERSION):
+        raise ContractError(f"{where} was written under data contract version {version!r}; this TRAIT reads "
+                            f"version {CONTRACT_VERSION}: rewrite it with this TRAIT's jobs, or read it with the TRAIT "
+                            "that wrote it")
+    return manifest
+
+
 def finished_dataset(path: str, columns_needed: tuple[str, ...] = ("text",)):
     """A pyarrow Dataset over a finished contract directory (local or any pyarrow filesystem URI).
 
-    Raises ContractError when the directory has no ``_SUCCESS`` (unfinished or not a dataset) or lacks a column.
+    Raises ContractError when the directory has no ``_SUCCESS`` (unfinished or not a dataset), its manifest is of
+    another contract version, or it lacks a column.
     """
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
@@ -125,6 +158,9 @@ def finished_dataset(path: str, columns_needed: tuple[str, ...] = ("text",)):
     root = root.rstrip("/")
     if fs.get_file_info(f"{root}/{SUCCESS_MARKER}").type == pafs.FileType.NotFound:
         raise ContractError(f"{path} is not a finished dataset (no {SUCCESS_MARKER}); run the job that makes it")
+    if fs.get_file_info(f"{root}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+        with fs.open_input_stream(f"{root}/{MANIFEST_NAME}") as fh:
+            parse_manifest(fh.read(), path)
     parts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root))
                    if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
     dataset = ds.dataset(parts, filesystem=fs, format="parquet")
@@ -138,7 +174,6 @@ def write_text_dataset(path, source: str, texts: list[str]) -> str:
     """A small finished contract dataset of ``texts`` (one part, a manifest, ``_SUCCESS``) at the new directory
     ``path``; ids hash (source, text), ``n_tokens`` counts words, blank texts are left out. Returns the path.
     For fixtures and benchmarks; the pipeline's jobs write their datasets through Spark."""
-    import json
     from pathlib import Path
 
     import pyarrow.parquet as pq
@@ -151,6 +186,7 @@ def write_text_dataset(path, source: str, texts: list[str]) -> str:
                      schema=BASE_SCHEMA)
     validate_table(table)
     pq.write_table(table, path / part_name(0))
-    (path / MANIFEST_NAME).write_text(json.dumps({"rows": len(texts), "tokenizer": "words"}))
+    (path / MANIFEST_NAME).write_text(json.dumps({"contract_version": CONTRACT_VERSION, "rows": len(texts),
+                                                  "tokenizer": "words"}))
     (path / SUCCESS_MARKER).write_text("")
     return str(path)
