@@ -93,7 +93,7 @@ class Featurizer:
         distinct = distinct.tolist()
         ids = list(map(self._word_id.get, distinct))
         if None in ids:
-            sha, from_bytes, n = hashlib.sha256, int.from_bytes, self.num_buckets
+            n = self.num_buckets
             new = [i for i, known in enumerate(ids) if known is None]
             first = len(self._words)
             if first + len(new) > len(self._word_bucket):
@@ -102,7 +102,7 @@ class Featurizer:
                 word = distinct[i]
                 ids[i] = self._word_id[word] = first + offset
                 self._words.append(word)
-                self._word_bucket[first + offset] = from_bytes(sha(word.encode("utf-8")).digest(), "big") % n
+                self._word_bucket[first + offset] = hash_bucket(word, n)
         return np.array(ids, dtype=np.int64)[codes]
 
     def _pair_buckets(self, keys: np.ndarray) -> np.ndarray:
@@ -112,13 +112,12 @@ class Featurizer:
         memo = self._pair_bucket
         buckets = list(map(memo.get, keys_list))
         if None in buckets:
-            sha, from_bytes, words, n = hashlib.sha256, int.from_bytes, self._words, self.num_buckets
+            words, n = self._words, self.num_buckets
             room = self.max_pairs - len(memo)
             for i, known in enumerate(buckets):
                 if known is None:
                     key = keys_list[i]
-                    pair = f"{words[key >> 32]} {words[key & 0xFFFFFFFF]}".encode()
-                    buckets[i] = from_bytes(sha(pair).digest(), "big") % n
+                    buckets[i] = hash_bucket(f"{words[key >> 32]} {words[key & 0xFFFFFFFF]}", n)
                     if room > 0:
                         memo[key] = buckets[i]
                         room -= 1

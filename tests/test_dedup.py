@@ -4,12 +4,8 @@ against independent expectations and against the in-memory path; golden hash val
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,12 +25,13 @@ from trait.minhash import (
     candidate_pairs,
     exact_key,
     find_duplicates,
-    near_duplicate_clusters,
     permutations,
     shingle_hashes,
     signatures,
     tokens,
 )
+
+from .support.cli import trait_killed_when
 
 SMALLEST, LARGEST = "0" * 40, "f" * 40
 B_COPY, FAR, CHAIN_Y, CHAIN_Z = ("f" * 39 + c for c in "1234")
@@ -159,6 +156,21 @@ def test_manifest_counts_balance_and_clusters(planted, deduped):
     assert manifest["dedup"]["components_rounds"] >= 2 and manifest["config"]["bands"] == 16
 
 
+def clusters(dropped: dict[str, tuple[str, str]]) -> list[list[str]]:
+    """The groups ``find_duplicates``' verdicts make: each kept document (reached by following representatives)
+    first, then the documents dropped for it, sorted; groups in order of their kept document."""
+
+    def kept(doc: str) -> str:
+        while doc in dropped:
+            doc = dropped[doc][1]
+        return doc
+
+    groups: dict[str, list[str]] = {}
+    for doc in dropped:
+        groups.setdefault(kept(doc), []).append(doc)
+    return [[rep, *sorted(members)] for rep, members in sorted(groups.items())]
+
+
 def test_in_memory_path_agrees_with_spark(planted, deduped):
     table = planted["table"]
     ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
@@ -166,7 +178,7 @@ def test_in_memory_path_agrees_with_spark(planted, deduped):
     b_id = planted["expected"][B_COPY][1]
     x_id = planted["expected"][CHAIN_Z][1]
     a_id = next(i for i, (r, _) in planted["expected"].items() if r == "exact_duplicate" and i != LARGEST)
-    assert near_duplicate_clusters(ids, texts, DedupConfig()) == sorted(
+    assert clusters(find_duplicates(ids, texts, DedupConfig())) == sorted(
         [[SMALLEST, a_id, LARGEST], [b_id, B_COPY], [x_id, CHAIN_Y, CHAIN_Z]])
 
 
@@ -190,8 +202,6 @@ def test_a_dedup_killed_while_writing_and_rerun_gives_the_uninterrupted_output(s
     copies, their originals and 40 other documents (small, so the three runs take seconds each)."""
     from spark_jobs.dedup import run_dedup
 
-    from .conftest import REPO
-
     table = planted["table"]
     wanted = {*planted["expected"], *(rep for _, rep in planted["expected"].values())}
     ids = table.column("id").to_pylist()
@@ -199,15 +209,9 @@ def test_a_dedup_killed_while_writing_and_rerun_gives_the_uninterrupted_output(s
     pool = write_dataset(tmp_path / "pool", [table.take(rows)], {})
     out = tmp_path / "killed"
     staging = Path(f"{out}._staging")
-    proc = subprocess.Popen([sys.executable, "-m", "trait.cli", "dedup", "--master", "local[2]", "--input", pool,
-                             "--output", str(out)], cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not staging.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the job finished (or failed) before it wrote anything"
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    killed = trait_killed_when(staging.exists, "dedup", "--master", "local[2]", "--input", pool, "--output", str(out),
+                               timeout=300)
+    assert killed.returncode == -signal.SIGKILL, f"the job ended before it wrote anything: {killed.stderr[-2000:]}"
     assert staging.exists() and not out.exists()  # killed mid-write: only staging, no output
 
     rerun = run_dedup(spark, DedupConfig(), pool, str(out))
@@ -296,7 +300,7 @@ def test_in_memory_small_cases():
     # no-token texts never near-match; punctuation-only texts are exact duplicates only when their bytes match
     assert find_duplicates(ids, texts, config) == {"b": ("exact_duplicate", "a"), "c": ("near_duplicate", "a")}
     assert tokens("Hello,\tWORLD\u00a0x+1") == ["hello", ",", "world", "x", "+", "1"]
-    assert find_duplicates([], [], config) == {} and near_duplicate_clusters([], [], config) == []
+    assert find_duplicates([], [], config) == {}
 
 
 def test_golden_values():

@@ -238,19 +238,3 @@ def find_duplicates(ids: list[str], texts: list[str], config: DedupConfig) -> di
             parent[max(a, b)] = min(a, b)  # the root is always the component's smallest id
     dropped.update({doc: ("near_duplicate", root(doc)) for doc in survivors if root(doc) != doc})
     return dropped
-
-
-def near_duplicate_clusters(ids: list[str], texts: list[str], config: DedupConfig) -> list[list[str]]:
-    """Clusters of two or more documents (exact and near duplicates together), each sorted with the kept
-    representative (its smallest id) first; clusters in order of representative. Singletons are left out."""
-    dropped = find_duplicates(ids, texts, config)
-
-    def kept(doc: str) -> str:
-        while doc in dropped:
-            doc = dropped[doc][1]
-        return doc
-
-    clusters: dict[str, list[str]] = {}
-    for doc in dropped:
-        clusters.setdefault(kept(doc), []).append(doc)
-    return [[rep, *sorted(members)] for rep, members in sorted(clusters.items())]
