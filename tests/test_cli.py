@@ -28,7 +28,7 @@ def test_help_lists_every_command():
     # that merely appears in another command's help line does not count.
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and line[4] != " "]
     assert listed == ["ingest", "classifier", "score", "select", "decontaminate", "report", "dedup", "baseline",
-                      "synth", "train", "eval", "curves", "datamap", "pipeline", "demo"]
+                      "synth", "train", "eval", "curves", "datamap", "pipeline", "model", "demo"]
     assert "token_budget" in trait("select", "--help").stdout
 
 
