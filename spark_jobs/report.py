@@ -29,7 +29,6 @@ from .report_html import render_report
 
 log = logging.getLogger(__name__)
 
-TENTHS = [round(i / 10, 1) for i in range(10)]
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"  # what the report's directory holds besides a dataset's
 
 
@@ -41,8 +40,9 @@ class ReportConfig:
                                           "score `trait select` percentile=p cuts at)")
     domain_column: str | None = field(None, help="grid rows; default: the one score_domain_* column")
     quality_column: str | None = field(None, help="grid columns; default: the one score_quality_* column")
-    domain_thresholds: list[float] = field(default_factory=lambda: list(TENTHS), help="grid thresholds (score >= t)")
-    quality_thresholds: list[float] = field(default_factory=lambda: list(TENTHS), help="grid thresholds (score >= t)")
+    domain_thresholds: list[float] | None = field(None, help="grid thresholds (score >= t); null: quantile-spaced, 0 "
+                                                   "and the scores keeping 90/75/50/25/10/5/3/1% of the documents")
+    quality_thresholds: list[float] | None = field(None, help="grid thresholds (score >= t); null: quantile-spaced")
     positive_sources: list[str] | None = field(None, help="validation: sources starting with these are positives")
     validation_column: str | None = field(None, help="score judged against the labels; default: the domain column")
     sample_buckets: int = field(10, help="equal-width score buckets over [0, 1] to sample documents from")
@@ -57,8 +57,10 @@ class ReportConfig:
             raise ConfigError(f"percentiles must be in (0, 100) (p: the lowest score left when the lowest p% are "
                               f"dropped), got {self.percentiles}")
         for name in ("domain_thresholds", "quality_thresholds"):
+            if getattr(self, name) is None:
+                continue
             if not getattr(self, name):
-                raise ConfigError(f"{name} needs at least one threshold")
+                raise ConfigError(f"{name} needs at least one threshold, or null for quantile-spaced ones")
             setattr(self, name, sorted(set(getattr(self, name))))  # the bucket index needs them ascending
         if not 1 <= self.sample_buckets <= 1000 or not 0 <= self.samples_per_bucket <= 100:
             raise ConfigError("sample_buckets must be in [1, 1000] and samples_per_bucket in [0, 100]")
@@ -88,8 +90,14 @@ def build_figures(df, config: ReportConfig, input_path: str, validation=None) ->
             "columns": summaries, "histograms": {}, "samples": {}, "grid": None, "validation": None, "notes": {}}
     if not docs:
         data["notes"]["empty"] = "The corpus is empty: 0 documents, so there is nothing to plot or sample."
+    thresholds = {}
     for column in columns:
-        hist = stats.histogram_and_percentiles(df, column, config.bins, config.percentiles)
+        hist = stats.histogram_and_percentiles(df, column, config.bins,
+                                               sorted({*config.percentiles, *stats.GRID_PERCENTILES}))
+        thresholds[column] = stats.quantile_thresholds([c for c in hist["percentiles"]["docs"]
+                                                        if c["p"] in stats.GRID_PERCENTILES])
+        hist["percentiles"] = {w: [c for c in cuts if c["p"] in config.percentiles]
+                               for w, cuts in hist["percentiles"].items()}
         s = summaries[column]
         binned = sum(hist["docs"])
         if binned + s["null"] + s["nan"] != docs:  # two independent aggregations must agree on every row
@@ -101,8 +109,11 @@ def build_figures(df, config: ReportConfig, input_path: str, validation=None) ->
                                                          config.sample_chars, config.seed) if s["valid"] else []
     domain = _axis_column(columns, config.domain_column, "domain")
     quality = _axis_column(columns, config.quality_column, "quality")
+    for column, given in ((domain, config.domain_thresholds), (quality, config.quality_thresholds)):
+        if column and given is not None:
+            thresholds[column] = given
     if domain and quality and domain != quality:
-        data["grid"] = stats.threshold_grid(df, domain, quality, config.domain_thresholds, config.quality_thresholds)
+        data["grid"] = stats.threshold_grid(df, domain, quality, thresholds[domain], thresholds[quality])
     else:
         data["notes"]["grid"] = (f"No threshold grid: it needs two score columns, set domain_column and "
                                  f"quality_column (score columns: {', '.join(columns)}).")
@@ -112,9 +123,8 @@ def build_figures(df, config: ReportConfig, input_path: str, validation=None) ->
         if column is None or column not in vdf.columns:
             raise ConfigError(f"validation_column {column!r} not found in {vpath}; score columns there are: "
                               f"{[c for c in vdf.columns if c.startswith('score_')]}")
-        # The quality column is judged at the quality thresholds, any other at the domain thresholds.
-        thresholds = config.quality_thresholds if column == quality else config.domain_thresholds
-        data["validation"] = {"path": vpath, **stats.precision_recall(vdf, column, thresholds,
+        # The column is judged at its grid thresholds (given, or quantile-spaced over the scored input).
+        data["validation"] = {"path": vpath, **stats.precision_recall(vdf, column, thresholds[column],
                                                                       config.positive_sources)}
     return data
 
@@ -135,7 +145,7 @@ def run_report(spark, config: ReportConfig, input_path: str, output: str, valida
             validation = (open_dataset(spark, validation_path)[0], validation_path)
             globs.append(parts_glob(validation_path))
     job = JobOutput(spark, output, "report", {**to_dict(config), "validation": validation_path}, globs, overwrite,
-                    own=(REPORT_JSON, REPORT_HTML), writes_rows=False)
+                    own=(REPORT_JSON, REPORT_HTML))
     if (done := job.finished()) is not None:
         return done
     t0 = time.time()

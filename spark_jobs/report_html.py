@@ -50,14 +50,19 @@ def histogram_plot(column: str, hist: dict) -> str:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 3.2))
-    edges = hist["edges"]
-    width = edges[1] - edges[0]
+    log = hist.get("log")
+    edges = list((log or hist)["edges"])
+    if log:  # the bin [0, e1) is drawn as [e1 / ratio, e1] on the log axis, and labelled so
+        edges[0] = edges[1] ** 2 / edges[2]
     for ax, key, label in zip(fig.subplots(1, 2), ("docs", "tokens"), ("documents", "tokens")):
-        ax.bar(edges[:-1], hist[key], width=width, align="edge", color="#4878a8", edgecolor="white")
-        ax.set_xlim(0, 1)
-        ax.set_xlabel(column)
+        widths = [high - low for low, high in zip(edges, edges[1:])]
+        ax.bar(edges[:-1], (log or hist)[key], width=widths, align="edge", color="#4878a8", edgecolor="white")
+        ax.set_xlim(edges[0], 1)
+        ax.set_xlabel(f"{column} (log axis; first bar: < {edges[1]:.2g})" if log else column)
         ax.set_ylabel(label)
         ax.set_title(f"{label} per score bin")
+        if log:
+            ax.set_xscale("log")
     fig.tight_layout()
     return _png(fig)
 

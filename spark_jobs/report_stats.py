@@ -9,6 +9,9 @@ Conventions shared by every figure (the test computes them again with pandas):
   are dropped. Exact: a fine histogram of ``B * FINE_PER_BIN`` bins finds the crossing bins, then the distinct
   values inside them give the score.
 - Threshold t keeps a document when its valid score is >= t (as ``trait select`` does).
+- Adaptive figures: the default threshold grid is quantile-spaced (0 and the document-weighted percentile cuts that
+  keep ``GRID_KEEP`` percent of the documents), and where at least ``SKEW_SHARE`` of the documents fall in the
+  lowest histogram bin, the histogram is re-binned on a log axis from the same fine histogram (``log_bins``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,29 @@ from trait.ranks import cut_weight, first_reaching
 # Fine bins per histogram bin. A power of two keeps the fine and coarse bins nested exactly: float64
 # multiplication by 2^12 only shifts the exponent, so floor(s * B * 4096) // 4096 == floor(s * B) for every s.
 FINE_PER_BIN = 4096
+GRID_KEEP = (90, 75, 50, 25, 10, 5, 3, 1)  # percent of the documents each default grid threshold keeps (0: all)
+GRID_PERCENTILES = [100 - k for k in GRID_KEEP]
+SKEW_SHARE = 0.5  # share of the documents in the lowest bin from which the histogram gets a log axis
+
+
+def quantile_thresholds(cuts: list[dict]) -> list[float]:
+    """The default grid thresholds of a column: 0 and its percentile cuts (``[{"p", "score"}]``), ascending and
+    distinct (a mass of tied scores makes several cuts one)."""
+    return sorted({0.0, *(c["score"] for c in cuts if c["score"] is not None)})
+
+
+def log_bins(fine: list[tuple[int, int, int]], fine_bins: int, bins: int) -> dict:
+    """``bins`` log-spaced bins over [1 / fine_bins, 1] plus the bin [0, 1 / fine_bins), re-binned exactly from the
+    fine histogram ``(fine index, docs, tokens)``: every edge is a fine-bin edge."""
+    import bisect
+
+    bounds = sorted({0, *(round(fine_bins ** (i / bins)) for i in range(bins + 1))})
+    docs, tokens = [0] * (len(bounds) - 1), [0] * (len(bounds) - 1)
+    for index, n, t in fine:
+        j = min(bisect.bisect_right(bounds, index) - 1, len(docs) - 1)
+        docs[j] += n
+        tokens[j] += t
+    return {"edges": [b / fine_bins for b in bounds], "docs": docs, "tokens": tokens}
 
 
 def _valid(column: str):
@@ -90,7 +116,9 @@ def histogram_and_percentiles(df, column: str, bins: int, percentiles: list[floa
         inner = first_reaching(sorted(values[entry[0]]), key, targets[(w, p)] - before)
         result[w][p] = inner[0][0] if inner else None
     edges = [i / bins for i in range(bins + 1)]
+    skewed = totals["docs"] > 0 and docs[0] >= SKEW_SHARE * totals["docs"]
     return {"edges": edges, "docs": docs, "tokens": tokens,
+            "log": log_bins(fine, fine_bins, bins) if skewed else None,
             "percentiles": {w: [{"p": p, "score": result[w].get(p)} for p in percentiles] for w in result}}
 
 

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from spark_jobs.dataset import DatasetError
-from spark_jobs.report import ReportConfig, run_report
+from spark_jobs.report import ReportConfig, build_figures, run_report
+from spark_jobs.report_stats import FINE_PER_BIN
 from trait.cli import main
 from trait.config import ConfigError, from_dict
 from trait.contract import finished_dataset
@@ -101,7 +102,8 @@ def test_figures_equal_independent_pandas_computations(report, corpus):
             assert got == {p: _percentile(frame, c, weights, p) for p in (1, 5, 10, 25, 50, 75, 90, 95, 99)}
     grid = data["grid"]
     assert (grid["domain_column"], grid["quality_column"]) == (D, Q)
-    for i, j in itertools.product(range(10), range(10)):
+    assert grid["domain_thresholds"][0] == 0.0 and len(grid["domain_thresholds"]) > 3  # quantile-spaced
+    for i, j in itertools.product(range(len(grid["domain_thresholds"])), range(len(grid["quality_thresholds"]))):
         kept = frame[(frame[D] >= grid["domain_thresholds"][i]) & (frame[Q] >= grid["quality_thresholds"][j])]
         assert (grid["kept_docs"][i][j], grid["kept_tokens"][i][j]) == (len(kept), kept["n_tokens"].sum())
     positive = frame["source"].str.startswith("wiki/")
@@ -231,3 +233,26 @@ def test_bad_requests_say_what_to_do(spark, scored, small_corpus, tmp_path):
     for outside in (0, 100):  # 100: no score is left when all of the weight is dropped
         with pytest.raises(ConfigError, match="percentiles must be in"):
             from_dict(ReportConfig, {"percentiles": [outside]})
+
+
+def test_skewed_scores_get_a_quantile_grid_and_a_log_histogram(spark):
+    # 900 of 1000 domain scores sit below 0.01 (as a domain classifier's do on a general pool): a 0.1-step grid
+    # would show 100% kept at 0 and <= 10% at 0.1, nothing between; one bar at 0 would be the histogram.
+    rng = np.random.default_rng(0)
+    domain = np.r_[10 ** rng.uniform(-5, -2, 900), rng.uniform(0.05, 1, 100)]
+    quality = rng.uniform(0, 1, 1000)
+    rows = [(f"d{i}", "web/x", "text", 3, float(d), float(q)) for i, (d, q) in enumerate(zip(domain, quality))]
+    df = spark.createDataFrame(rows, f"id string, source string, text string, n_tokens long, {D} double, {Q} double")
+    data = build_figures(df, from_dict(ReportConfig, {}), "skewed")
+    grid = data["grid"]
+    # Thresholds keeping 100, 90, 75, 50, 25, 10, 5, 3, 1% of the documents (distinct scores: exactly so).
+    assert [row[0] for row in grid["kept_docs"]] == [1000, 900, 750, 500, 250, 100, 50, 30, 10]
+    assert grid["domain_thresholds"][1:] == pytest.approx(np.sort(domain)[[100, 250, 500, 750, 900, 950, 970, 990]])
+    hist = data["histograms"][D]
+    assert hist["docs"][0] == 900 and data["histograms"][Q]["log"] is None
+    log = hist["log"]
+    fine_bins = 20 * FINE_PER_BIN
+    bounds = np.rint(np.array(log["edges"]) * fine_bins)
+    index = np.searchsorted(bounds, np.floor(domain * fine_bins), side="right") - 1
+    assert log["docs"] == np.bincount(np.minimum(index, len(bounds) - 2), minlength=len(bounds) - 1).tolist()
+    assert log["edges"][0] == 0 and log["edges"][-1] == 1 and sum(d > 0 for d in log["docs"]) >= 10
