@@ -3,6 +3,8 @@ README.md and docs/*.md names a real command with real flags."""
 
 from __future__ import annotations
 
+import argparse
+import functools
 import re
 import shlex
 
@@ -31,6 +33,15 @@ def command_lines(text: str) -> list[str]:
     return lines + INLINE.findall(re.sub(r"\s*\n\s*", " ", prose))
 
 
+@functools.cache
+def _parser(command: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The parser of one command, with its options, as ``trait`` builds it."""
+    parser = build_parser(list(command))
+    for word in command:
+        parser = next(a for a in parser._actions if a.dest in ("command", "action")).choices[word]
+    return parser
+
+
 def check(line: str) -> str | None:
     """What is wrong with one command line, or None."""
     words = [w.strip("[]") for w in shlex.split(line, comments=False)][1:]
@@ -43,9 +54,7 @@ def check(line: str) -> str | None:
         if len(words) == 1 and words[0] in groups:
             return None  # a group named on its own: `trait synth`
         return f"no command {' '.join(words[:2])!r}"
-    parser = build_parser(list(command))
-    for word in command:
-        parser = next(a for a in parser._actions if a.dest in ("command", "action")).choices[word]
+    parser = _parser(command)
     for word in words[len(command):]:
         flag = word.split("=", 1)[0]
         if flag.startswith("-") and not re.fullmatch(r"-\d.*", flag) and flag not in parser._option_string_actions:
