@@ -22,10 +22,10 @@ from lm_eval.tasks._yaml_loader import load_yaml
 from lm_eval.tasks.minerva_math.utils import last_boxed_only_string, remove_boxed
 
 from eval.math_tasks import DOC_BUILDERS
+from trait.benchmarks import EVAL_FILES
 
-from .conftest import SHARED_DATA, read_jsonl
+from .conftest import REPO, SHARED_DATA, read_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
 LM_EVAL_TASKS = Path(lm_eval.tasks.__file__).parent
 N_DOCS = 25
 
@@ -35,6 +35,13 @@ def lm_eval_task(yaml_path: Path, rows: list[dict]) -> ConfigurableTask:
     config = load_yaml(yaml_path)
     config["custom_dataset"] = lambda **_: datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
     return ConfigurableTask(config=config)
+
+
+def reference_and_ours(ours: dict, benchmark: str, reference_yaml: str, task: str) -> tuple:
+    """The first N_DOCS test rows of ``benchmark`` (its registry file), lm-eval's task ``reference_yaml`` over
+    them, and our ``task``."""
+    rows = read_jsonl(SHARED_DATA / EVAL_FILES[benchmark].path, N_DOCS)
+    return rows, lm_eval_task(LM_EVAL_TASKS / reference_yaml, rows), ours[task]
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +92,7 @@ GSM8K_DIFFERENCES = [
 
 @pytest.fixture(scope="module")
 def gsm8k_tasks(ours):
-    rows = read_jsonl(SHARED_DATA / "benchmarks/gsm8k/test.jsonl", N_DOCS)
-    reference = lm_eval_task(LM_EVAL_TASKS / "gsm8k" / "gsm8k-cot.yaml", rows)
-    return rows, reference, ours["trait_gsm8k"]
+    return reference_and_ours(ours, "gsm8k", "gsm8k/gsm8k-cot.yaml", "trait_gsm8k")
 
 
 def test_gsm8k_verdicts_agree_with_gsm8k_cot(gsm8k_tasks):
@@ -149,9 +154,7 @@ MATH_DIFFERENCES = [
 
 @pytest.fixture(scope="module")
 def math_tasks(ours):
-    rows = read_jsonl(SHARED_DATA / "benchmarks/math/test_5000_harness.jsonl", N_DOCS)
-    reference = lm_eval_task(LM_EVAL_TASKS / "minerva_math" / "minerva_math_algebra.yaml", rows)
-    return rows, reference, ours["trait_minerva_math"]
+    return reference_and_ours(ours, "math", "minerva_math/minerva_math_algebra.yaml", "trait_minerva_math")
 
 
 def math_verdicts(reference, trait_math, their_doc, our_doc, output) -> tuple[dict, dict]:

@@ -83,6 +83,7 @@ def test_math_equivalence(gold, answer, equal):
     assert answers_equal("math", gold, answer) is equal
 
 
+# A parallel table to test_math_extraction's (output, strict answer, flexible answer), for multiple choice.
 @pytest.mark.parametrize(("output", "strict", "flexible"), [
     ("Final Answer: The final answer is (B).", "B", "B"),
     ("so the answer is c", "C", "C"),

@@ -12,8 +12,6 @@ so the test asserts the OpenStax property only.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +20,8 @@ from eval.datamap import run_datamap, sample_texts
 from trait import UserError
 from trait.contract import write_text_dataset
 
-from .conftest import REPO, SHARED_DATA
+from .conftest import SHARED_DATA
+from .support.cli import trait
 from .support.training import ENV
 
 WIKI = SHARED_DATA / "corpora/general/enwiki_2015_part1.jsonl.gz"
@@ -31,9 +30,8 @@ WIKI = SHARED_DATA / "corpora/general/enwiki_2015_part1.jsonl.gz"
 def test_datamap_of_real_sources(datasets, tmp_path):
     sources = [f"general={WIKI}", f"planetmath={datasets['in_domain']}", f"openstax={datasets['selected']}",
                "problems=tasks:gsm8k,math", f"synthetic={datasets['synthetic']}"]
-    proc = subprocess.run([sys.executable, "-m", "trait.cli", "datamap", "--source", *sources, "--per-source", "30",
-                           "--seed", "0", "--output", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
-                          env=ENV, timeout=600)
+    proc = trait("datamap", "--source", *sources, "--per-source", "30", "--seed", "0", "--output", str(tmp_path),
+                 env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = ["general", "planetmath", "openstax", "problems", "synthetic"]
     result = json.loads((tmp_path / "datamap.json").read_text())

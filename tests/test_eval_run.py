@@ -13,24 +13,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from synth.server import REPO_ROOT, ServerConfig, VllmServer, free_port
+from synth.server import ServerConfig, VllmServer, free_port
 
+from .support.cli import trait
 from .support.vllm import needs_vllm
 
-TRAIT = [str(Path(sys.executable).with_name("trait"))] if Path(sys.executable).with_name("trait").exists() \
-    else [sys.executable, "-m", "trait.cli"]
 LIMIT = 4
 ADS = ["trait_qadsm", "trait_webis_ads", "trait_product_title"]
 
 
 def trait_eval(args: list[str], env: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run(TRAIT + ["eval", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return trait("eval", *args, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def check_outputs(out: Path, backend: str, tasks: list[str]) -> dict:

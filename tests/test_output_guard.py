@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,8 @@ from trait.config import from_dict
 from trait.contract import MANIFEST_NAME, SUCCESS_MARKER, finished_dataset
 from trait.outputs import OutputError
 
-from .conftest import REPO, SHARED_DATA, read_jsonl, write_jsonl
+from .conftest import SHARED_DATA, read_jsonl, write_jsonl
+from .support.cli import trait
 
 FOREIGN = {"thesis.txt": b"Chapter 1. What I found\n", "data.csv": b"x,y\n1,2\n"}
 D, Q = "score_domain_math_v1", "score_quality_edu_v1"
@@ -48,11 +47,6 @@ def refused(call, folder: Path, before: dict | None = None) -> str:
     assert all(name in message for name in FOREIGN if name in before), message
     assert contents(folder) == before
     return message
-
-
-def trait(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trait.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from spark_jobs.text import normalise
 from trait.config import ConfigError, from_dict
 from trait.contract import finished_dataset, validate_table
 
-from .conftest import SHARED_DATA, read_jsonl, write_jsonl
+from .conftest import REPO, SHARED_DATA, read_jsonl, write_jsonl
+from .support.cli import trait, trait_killed_when
 
 
 def test_every_row_is_scored_as_raw_fasttext_scores_it(scored, small_corpus, classifiers):
@@ -158,17 +159,17 @@ def test_a_job_killed_half_way_and_rerun_gives_the_uninterrupted_output(spark, c
     write_jsonl(tmp_path / "wiki.jsonl", wiki)
     run_ingest(spark, from_dict(IngestConfig, {"inputs": [{"path": str(tmp_path / "wiki.jsonl"), "source": "w"}]}),
                str(tmp_path / "pool"))
-    cmd = [sys.executable, "-m", "trait.cli", "score", "--master", "local[2]", "--input", str(tmp_path / "pool"),
-           "--model", *classifiers, "--output", str(tmp_path / "killed")]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     attempts = tmp_path / "killed._staging" / ATTEMPTS_DIR
-    deadline = time.time() + 120
-    while not attempts.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the job finished before it could be killed; give it more data"
-    time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    first_seen: list[float] = []
+
+    def under_way() -> bool:  # a second after the first task began writing
+        if not first_seen and attempts.exists():
+            first_seen.append(time.monotonic())
+        return bool(first_seen) and time.monotonic() - first_seen[0] > 1.0
+
+    killed = trait_killed_when(under_way, "score", "--master", "local[2]", "--input", str(tmp_path / "pool"),
+                               "--model", *classifiers, "--output", str(tmp_path / "killed"), timeout=300)
+    assert killed.returncode == -signal.SIGKILL, f"the job ended before it was killed: {killed.stderr[-2000:]}"
     assert not (tmp_path / "killed" / "_SUCCESS").exists()
 
     cfg = from_dict(ScoreConfig, {"models": classifiers})
@@ -191,7 +192,7 @@ def test_the_score_session_runs_its_local_jvm_without_c2(spark):
     code = ("import json; from spark_jobs.session import get_spark; from tests.test_score import _jvm_arguments; "
             "print(json.dumps(_jvm_arguments(get_spark('t', 'local[1]', scheduler_only=True))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=REPO)
     assert SCHEDULER_ONLY_JAVA_OPTIONS in json.loads(out.stdout.strip().splitlines()[-1])
     assert SCHEDULER_ONLY_JAVA_OPTIONS not in _jvm_arguments(spark)
 
@@ -202,9 +203,8 @@ def test_a_corrupt_classifier_is_refused_before_it_ships(small_corpus, classifie
     shutil.copytree(classifiers[0], tmp_path / "model")
     bin_path = load_card(tmp_path / "model")[1]
     bin_path.write_bytes(bin_path.read_bytes()[:100])
-    cmd = [sys.executable, "-m", "trait.cli", "score", "--master", "local[1]", "--input", small_corpus["pool"],
-           "--model", str(tmp_path / "model"), classifiers[1], "--output", str(tmp_path / "out")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    done = trait("score", "--master", "local[1]", "--input", small_corpus["pool"], "--model", str(tmp_path / "model"),
+                 classifiers[1], "--output", str(tmp_path / "out"), timeout=300)
     errors = [line for line in done.stderr.splitlines() if line.startswith("trait: error:")]
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert len(errors) == 1 and f"{bin_path} is corrupt or was replaced: its sha1 is " in errors[0], done.stderr

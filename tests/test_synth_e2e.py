@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -28,14 +27,12 @@ import yaml
 from synth.server import REPO_ROOT, ServerConfig, VllmServer
 from trait.contract import QUARANTINE_DIR, finished_dataset, validate_table
 
+from .support.cli import COMMAND
 from .support.vllm import needs_vllm
 from .test_synth_annotate import documents, write_dataset
 
 psutil = pytest.importorskip("psutil")
 pytestmark = [pytest.mark.vllm, needs_vllm]
-# The console script people run (``.venv/bin/trait``), beside this interpreter.
-TRAIT = [str(Path(sys.executable).with_name("trait"))] if Path(sys.executable).with_name("trait").exists() \
-    else [sys.executable, "-m", "trait.cli"]
 SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 1024, "seed": 0}
 # 10 passages of gsm8k + math problems, one per batch: a kill after the first commit leaves most of them to do.
 KILL_RUN = {"tasks": ["gsm8k", "math"], "max_problems_per_task": 40, "limit": 10, "batch_groups": 1,
@@ -93,7 +90,7 @@ def ids_of(out: Path) -> list[str]:
 def start_cli(args: list[str], tmp_path: Path, name: str, marker: str) -> subprocess.Popen:
     """The trait CLI as a child process; ``marker`` in its environment is inherited by every process it starts."""
     env = {**os.environ, "TRAIT_TEST_RUN": marker}
-    return subprocess.Popen(TRAIT + args, cwd=REPO_ROOT, env=env, stdout=open(tmp_path / f"{name}.out", "w"),
+    return subprocess.Popen(COMMAND + args, cwd=REPO_ROOT, env=env, stdout=open(tmp_path / f"{name}.out", "w"),
                             stderr=open(tmp_path / f"{name}.err", "w"))
 
 
@@ -146,7 +143,7 @@ def test_cli_generate_writes_contract_passages_with_provenance(generator, tmp_pa
         "tasks": ["gsm8k", "math"], "max_problems_per_task": 40, "limit": 6, "batch_groups": 3, "sampling": SAMPLING,
         "max_paragraph_chars": 200, "max_answer_chars": 20, "validation": {"check_answers": False}})
     out = tmp_path / "passages"
-    done = subprocess.run(TRAIT + ["synth", "generate", "--config", cfg, "--output", str(out),
+    done = subprocess.run(COMMAND + ["synth", "generate", "--config", cfg, "--output", str(out),
                                    "--endpoint", endpoint(generator)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -230,7 +227,7 @@ def rerun_keeps_the_committed_and_completes(cfg: str, out: Path, uninterrupted: 
     survivors = committed(out)
     assert 1 <= len(survivors) < 10 and not (out / "_SUCCESS").exists()
     before = digests(survivors)
-    rerun = subprocess.run(TRAIT + ["synth", "generate", "--config", cfg, "--output", str(out)], cwd=REPO_ROOT,
+    rerun = subprocess.run(COMMAND + ["synth", "generate", "--config", cfg, "--output", str(out)], cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=START_TIMEOUT_S + 300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{10 - len(survivors)} to generate" in rerun.stderr
@@ -279,7 +276,7 @@ def test_generate_process_killed_mid_run_leaves_no_server_and_rerun_completes(un
 
     rerun_keeps_the_committed_and_completes(cfg, out, uninterrupted)
     # a third run finds every batch committed: it starts no server and rewrites the same dataset
-    again = subprocess.run(TRAIT + ["synth", "generate", "--config", cfg, "--output", str(out)], cwd=REPO_ROOT,
+    again = subprocess.run(COMMAND + ["synth", "generate", "--config", cfg, "--output", str(out)], cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "starting vLLM" not in again.stderr, again.stderr[-3000:]
     assert sorted(ids_of(out)) == sorted(uninterrupted)
@@ -305,7 +302,7 @@ def test_cli_annotate_labels_train_a_quality_classifier(generator, corpus, tmp_p
     path, rows = corpus
     cfg = write_config(tmp_path / "annotate.yaml", ANNOTATE)
     out = tmp_path / "labels"
-    done = subprocess.run(TRAIT + ["synth", "annotate", "--config", cfg, "--input", path, "--output", str(out),
+    done = subprocess.run(COMMAND + ["synth", "annotate", "--config", cfg, "--input", path, "--output", str(out),
                                    "--endpoint", endpoint(generator), "--sample-size", str(len(rows))],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:] + generator.log_tail(40)
@@ -393,7 +390,7 @@ def test_annotate_killed_mid_run_resumes_each_document_once(generator, corpus, t
     cfg = write_config(tmp_path / "annotate.yaml", settings)
     args = ["synth", "annotate", "--config", cfg, "--input", path, "--endpoint", endpoint(generator)]
     reference = tmp_path / "reference"
-    first = subprocess.run(TRAIT + args + ["--output", str(reference)], cwd=REPO_ROOT, capture_output=True,
+    first = subprocess.run(COMMAND + args + ["--output", str(reference)], cwd=REPO_ROOT, capture_output=True,
                            text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "labels"
@@ -408,7 +405,7 @@ def test_annotate_killed_mid_run_resumes_each_document_once(generator, corpus, t
     survivors = committed(out)
     assert 1 <= len(survivors) < 10
     before = digests(survivors)
-    rerun = subprocess.run(TRAIT + args + ["--output", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
+    rerun = subprocess.run(COMMAND + args + ["--output", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
                            timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     after = digests(committed(out))

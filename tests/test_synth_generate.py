@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,6 +19,7 @@ from trait.config import from_dict
 from trait.contract import QUARANTINE_DIR, SUCCESS_MARKER, finished_dataset
 
 from .conftest import REPO
+from .support.cli import trait
 
 # Four passages of GSM8K + MATH problems in two batches; no decontamination (nothing here is generated text).
 CONFIG = {"tasks": ["gsm8k", "math"], "limit": 4, "batch_groups": 2, "validation": {"decontaminate": False}}
@@ -70,8 +69,7 @@ def test_nothing_to_train_on_fails_after_committing_the_quarantine(tmp_path, cap
     # The command: exit 2 and a one-line error, no traceback (a rerun reports again, nothing is generated).
     cfg = tmp_path / "synth.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
-    cli = subprocess.run([sys.executable, "-m", "trait.cli", "synth", "generate", "--config", str(cfg), "--output",
-                          str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    cli = trait("synth", "generate", "--config", str(cfg), "--output", str(out), timeout=600)
     assert cli.returncode == 2, cli.stderr[-3000:]
     errors = [line for line in cli.stderr.splitlines() if line.startswith("trait: error:")]
     assert len(errors) == 1 and "none of the 4 passages can be trained on" in errors[0]

@@ -1,4 +1,4 @@
-"""The ``trait`` command as the user runs it: a subprocess of this interpreter in the repository, and the same
+"""The ``trait`` command as the user runs it (the console script, from the repository root), to its end or
 SIGKILLed from outside, with its whole process group, at a chosen moment (a lost node)."""
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from tests.conftest import REPO
 
-COMMAND = (sys.executable, "-m", "trait.cli")
+# The console script people run (``.venv/bin/trait``, beside this interpreter), else the module.
+_SCRIPT = Path(sys.executable).with_name("trait")
+COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "trait.cli"]
 
 
 def trait(*args: str, env: Mapping[str, str] | None = None, timeout: float = 900,
