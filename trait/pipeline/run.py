@@ -161,15 +161,17 @@ def run_stages(config: PipelineConfig, run_dir: str | None = None, only: list[st
     (ctx.run_dir / PIPELINE_DIR / "config.json").write_text(json.dumps(to_dict(config), indent=1))
     decisions = plan(stages, ctx)
     started = time.time()
+    chosen = [d for d in decisions if only is None or d.stage.name in only]
+    todo = [d for d in chosen if d.run]
+    for d in chosen:
+        if only is not None:
+            _check_inputs_done(d.stage, ctx)
+        if not d.run:
+            log.info("pipeline: %s: skip (%s)", d.stage.name, d.reason)
     try:
-        for d in decisions:
-            if only is not None and d.stage.name not in only:
-                continue
-            if only is not None:
-                _check_inputs_done(d.stage, ctx)
-            if not d.run:
-                log.info("pipeline: %s: skip (%s)", d.stage.name, d.reason)
-                continue
+        for n, d in enumerate(todo):
+            if not any(t.stage.spark for t in todo[n:]):
+                ctx.close()  # no Spark stage left: the JVM's memory goes back to training and evaluation
             run_one(d, ctx)
     finally:
         ctx.close()

@@ -116,7 +116,8 @@ def synth(ctx, stage) -> dict:
         manifest = join_chunks([run_generate(cfg, stage.outputs["chunks"], i, n) for i in range(n)],
                                stage.outputs["chunks"], stage.output)
     c = manifest.get("counts", {})
-    return {k: c.get(k) for k in ("rows_out", "rows_quarantined", "rows_flagged", "valid_fraction", "tokens_out")}
+    return {**{k: c.get(k) for k in ("rows_in", "rows_out", "rows_quarantined", "rows_flagged", "tokens_out")},
+            "valid_fraction": manifest.get("valid_fraction")}
 
 
 def join_chunks(manifests: list[dict], chunks_dir: str, output: str) -> dict:
@@ -132,10 +133,9 @@ def join_chunks(manifests: list[dict], chunks_dir: str, output: str) -> dict:
         for k, v in m.get("counts", {}).items():
             if isinstance(v, int):
                 counts[k] = counts.get(k, 0) + v
-    if counts.get("rows_in"):
-        counts["valid_fraction"] = (counts["rows_in"] - counts.get("rows_quarantined", 0)
-                                    - counts.get("rows_flagged", 0)) / counts["rows_in"]
-    manifest = {"job": "synth_join", "chunks": [str(p) for p in chunks], "counts": counts}
+    valid = sum(m.get("valid", 0) for m in manifests)
+    manifest = {"job": "synth_join", "chunks": [str(p) for p in chunks], "counts": counts, "valid": valid,
+                "valid_fraction": valid / counts["rows_in"] if counts.get("rows_in") else None}
     write_dataset(output, table, manifest)
     return manifest
 
