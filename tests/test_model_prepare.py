@@ -104,7 +104,9 @@ def test_one_trainer_step_on_gemma(tmp_path, gemma, datasets):
     out = tmp_path / "out" / "knowledge"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["event"] == "train"]
-    assert [r["step"] for r in steps] == [1] and steps[0]["loss"] < 6.0, steps
+    # the loss of the step's batch before its update: measured 6.9 nats/token on a 32-token PlanetMath window (math
+    # markup, cut mid-document); random weights score ln(262144) = 12.5
+    assert [r["step"] for r in steps] == [1] and steps[0]["loss"] < 8.0, steps
     index = json.loads(next((tmp_path / "token_cache").glob("*/index.json")).read_text())
     assert index["dtype"] == "uint32"  # the 262k vocabulary does not fit uint16
     assert (out / "final" / "config.json").is_file()
