@@ -6,6 +6,7 @@ measured). Heavy imports (pyspark, torch, lm-eval) happen inside the runner, so 
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -20,28 +21,24 @@ def _counts(manifest: dict) -> dict:
     return {k: c[k] for k in ("rows_in", "rows_out", "rows_quarantined", "tokens_in", "tokens_out") if k in c}
 
 
+def _import(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _spark_job(job: str, config: str, scheduler_only: bool = False):
+    """The runner of a Spark job that reads one dataset: ``job(spark, config, input, output, overwrite)``."""
+    def run(ctx, stage) -> dict:
+        cfg = from_dict(_import(config), stage.config["job"])
+        manifest = _import(job)(ctx.spark(scheduler_only), cfg, stage.config["input"], stage.output, overwrite=True)
+        return _counts(manifest)
+    return run
+
+
 def ingest(ctx, stage) -> dict:
     from spark_jobs.ingest import IngestConfig, run_ingest
 
     return _counts(run_ingest(ctx.spark(), from_dict(IngestConfig, stage.config), stage.output, overwrite=True))
-
-
-def dedup(ctx, stage) -> dict:
-    from spark_jobs.dedup import run_dedup
-    from trait.minhash import DedupConfig
-
-    cfg = stage.config
-    return _counts(run_dedup(ctx.spark(), from_dict(DedupConfig, cfg["job"]), cfg["input"], stage.output,
-                             overwrite=True))
-
-
-def decontaminate(ctx, stage) -> dict:
-    from spark_jobs.decontaminate import run_decontaminate
-    from trait.decontam import DecontamConfig
-
-    cfg = stage.config
-    return _counts(run_decontaminate(ctx.spark(), from_dict(DecontamConfig, cfg["job"]), cfg["input"], stage.output,
-                                     overwrite=True))
 
 
 def split(ctx, stage) -> dict:
@@ -62,14 +59,6 @@ def classifier(ctx, stage) -> dict:
     return {"heldout_roc_auc": m["roc_auc"], "heldout_f1": m["f1"], "train_docs": card["data"]["train"]["n"]}
 
 
-def score(ctx, stage) -> dict:
-    from spark_jobs.score import ScoreConfig, run_score
-
-    cfg = stage.config
-    return _counts(run_score(ctx.spark(scheduler_only=True), from_dict(ScoreConfig, cfg["job"]), cfg["input"],
-                             stage.output, overwrite=True))
-
-
 def select(ctx, stage) -> dict:
     from spark_jobs.select import SelectConfig, run_select
 
@@ -85,14 +74,6 @@ def report(ctx, stage) -> dict:
     cfg = stage.config
     out = run_report(ctx.spark(), from_dict(ReportConfig, cfg["job"]), cfg["input"], stage.output, overwrite=True)
     return {"html": out["report"]["html"]}
-
-
-def random(ctx, stage) -> dict:
-    from spark_jobs.baselines import RandomConfig, run_random
-
-    cfg = stage.config
-    return _counts(run_random(ctx.spark(), from_dict(RandomConfig, cfg["job"]), cfg["input"], stage.output,
-                              overwrite=True))
 
 
 def dsir(ctx, stage) -> dict:
@@ -269,10 +250,14 @@ def datamap(ctx, stage) -> dict:
     return {"sources": len(cfg["sources"]), "png": result.get("png")}
 
 
-RUNNERS = {"ingest": ingest, "dedup": dedup, "decontaminate": decontaminate, "split": split,
-           "classifier": classifier, "score": score, "select": select, "report": report, "random": random,
-           "dsir": dsir, "synth": synth, "strip_enlightenment": strip_enlightenment, "base_model": base_model,
-           "train": train, "eval": evaluate, "curves": curves, "datamap": datamap}
+RUNNERS = {"ingest": ingest, "split": split, "classifier": classifier, "select": select, "report": report,
+           "dsir": dsir,
+           "dedup": _spark_job("spark_jobs.dedup:run_dedup", "trait.minhash:DedupConfig"),
+           "decontaminate": _spark_job("spark_jobs.decontaminate:run_decontaminate", "trait.decontam:DecontamConfig"),
+           "score": _spark_job("spark_jobs.score:run_score", "spark_jobs.score:ScoreConfig", scheduler_only=True),
+           "random": _spark_job("spark_jobs.baselines:run_random", "spark_jobs.baselines:RandomConfig"),
+           "synth": synth, "strip_enlightenment": strip_enlightenment, "base_model": base_model, "train": train,
+           "eval": evaluate, "curves": curves, "datamap": datamap}
 # Kinds that continue an interrupted run in place (staging redone, committed batches or checkpoints kept); the
 # others start again from an empty output.
 RESUMABLE = frozenset({"ingest", "dedup", "decontaminate", "split", "score", "select", "report", "random", "dsir",
