@@ -51,7 +51,10 @@ class Submitter:
         """Submit ``command`` as a job script written for it (or an existing ``script`` with ``args``)."""
         if script is None:
             script = str(self.dir / f"{name}.sbatch")
+            # spark-submit runs its script with $PYSPARK_PYTHON (else the python3 on PATH): the pipeline's.
+            python = shlex.quote(self.python)
             Path(script).write_text("#!/usr/bin/env bash\nset -euo pipefail\n"
+                                    f"export PYSPARK_PYTHON={python} PYSPARK_DRIVER_PYTHON={python}\n"
                                     f"cd {shlex.quote(str(REPO))}\n" + "exec " + shlex.join(command) + "\n")
         cmd = ["sbatch", "--parsable", f"--job-name=trait-{name}", f"--output={self.dir}/{name}-%j.out",
                f"--chdir={REPO}", *self.config.slurm.sbatch_args, *extra]
