@@ -89,7 +89,7 @@ def test_plan_skips_finished_stages_and_reruns_downstream_of_a_changed_threshold
     plan_now = decisions(changed)
     ran = {n for n, (run, _) in plan_now.items() if run}
     assert plan_now["select"][1] == "fingerprint changed (config changed: job.domain.token_budget)"
-    downstream = {"select", "random", "dsir", "train_seed_random", "train_seed_dsir", "train_trait",
+    downstream = {"select", "random", "dsir", "compare", "train_seed_random", "train_seed_dsir", "train_trait",
                   "train_trait_one_stage", "train_trait_no_enlightenment", "eval_seed_random", "eval_seed_dsir",
                   "eval_seed_trait", "eval_trait", "eval_trait_one_stage", "eval_trait_no_enlightenment",
                   "curves_trait", "datamap"}
@@ -149,7 +149,7 @@ def test_config_errors(tmp_path, override, message):
 def test_paper_scale_config_validates_and_plans(tmp_path):
     cfg = load_config(PipelineConfig, CONFIGS / "math_paper.yaml", [f"run_dir={tmp_path / 'paper'}"])
     text = plan_text(cfg)
-    assert "33 of 33 stages to run" in text
+    assert "34 of 34 stages to run" in text
     stages = {s.name: s for s in build_stages(cfg)}
     assert cfg.training.model.endswith("Mistral-7B-v0.1")
     assert stages["eval_trait"].config["limit"] is None  # the nine benchmarks at full size

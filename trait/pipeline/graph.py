@@ -43,8 +43,10 @@ KIND_CODE = {
     "eval": ["eval/run.py", "eval/bpb.py", "eval/metrics.py", "eval/math_tasks.py"],
     "curves": ["eval/curves.py", "eval/run.py"],
     "datamap": ["eval/datamap.py"],
+    "compare": ["spark_jobs/compare.py"],
 }
-SPARK_KINDS = frozenset({"ingest", "dedup", "decontaminate", "split", "score", "select", "report", "random", "dsir"})
+SPARK_KINDS = frozenset({"ingest", "dedup", "decontaminate", "split", "score", "select", "report", "random", "dsir",
+                         "compare"})
 
 
 def arm_id(arm: str) -> str:
@@ -187,6 +189,9 @@ def build_stages(cfg: PipelineConfig, run_dir: str | Path | None = None) -> list
         b.add(kind, kind, {"job": body, "input": d("scored"), "target": clean["seed"]},
               {"data": d(f"select_{kind}")}, reads)
         selections[kind] = d(f"select_{kind}")
+
+    b.add("compare", "compare", {"selections": selections}, {"tables": b.path("selections")},
+          list(selections.values()))
 
     # Passages from the downstream tasks' train problems.
     passages = {}

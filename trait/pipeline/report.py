@@ -194,6 +194,9 @@ def index_html(ctx, stages: list[Stage], rows: list[dict], caveats: list[str]) -
     links.append(_link(run, run / "ablation.md", "ablation.md"))
     links.append(_link(run, run / "ablation.csv", "ablation.csv"))
     md = ablation_markdown(rows, caveats)
+    compared = run / "selections" / "selections.md"
+    selections = (f"<h2>Selections side by side</h2><pre>{html.escape(compared.read_text())}</pre>"
+                  if compared.is_file() else "")
     caveat_html = "".join(f"<p class='caveat'><strong>Note:</strong> {html.escape(c)}</p>" for c in caveats)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>TRAIT pipeline: {html.escape(run.name)}</title>
@@ -211,6 +214,7 @@ pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style></head><body>
 <h2>Ablation</h2>
 {caveat_html}
 <pre>{html.escape(md)}</pre>
+{selections}
 <h2>Figures</h2>
 {''.join(figures) or '<p>none yet</p>'}
 </body></html>

@@ -84,6 +84,18 @@ def dsir(ctx, stage) -> dict:
                             stage.output, overwrite=True))
 
 
+def compare(ctx, stage) -> dict:
+    """The selections side by side: tokens by source, and what each pair kept in common."""
+    from spark_jobs.compare import compare_selections, comparison_table
+
+    comparison = compare_selections(ctx.spark(), stage.config["selections"])
+    out = Path(stage.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "selections.json").write_text(json.dumps(comparison, indent=1))
+    (out / "selections.md").write_text(comparison_table(comparison) + "\n")
+    return {"rows_out": sum(s["rows"] for s in comparison["selections"].values())}
+
+
 def synth(ctx, stage) -> dict:
     """Passages; with ``chunks`` > 1 each chunk is its own dataset (a Slurm array task each, or here one after
     the other; finished chunks are skipped) and they are joined into the stage's output."""
@@ -256,8 +268,8 @@ RUNNERS = {"ingest": ingest, "split": split, "classifier": classifier, "select":
            "decontaminate": _spark_job("spark_jobs.decontaminate:run_decontaminate", "trait.decontam:DecontamConfig"),
            "score": _spark_job("spark_jobs.score:run_score", "spark_jobs.score:ScoreConfig", scheduler_only=True),
            "random": _spark_job("spark_jobs.baselines:run_random", "spark_jobs.baselines:RandomConfig"),
-           "synth": synth, "strip_enlightenment": strip_enlightenment, "base_model": base_model, "train": train,
-           "eval": evaluate, "curves": curves, "datamap": datamap}
+           "compare": compare, "synth": synth, "strip_enlightenment": strip_enlightenment, "base_model": base_model,
+           "train": train, "eval": evaluate, "curves": curves, "datamap": datamap}
 # Kinds that continue an interrupted run in place (staging redone, committed batches or checkpoints kept); the
 # others start again from an empty output.
 RESUMABLE = frozenset({"ingest", "dedup", "decontaminate", "split", "score", "select", "report", "random", "dsir",
