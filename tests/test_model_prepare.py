@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import re
 import sys
 import time
 from pathlib import Path
@@ -37,30 +37,27 @@ def gemma() -> Path:
     return prepare("gemma3-270m")
 
 
-def _prepare_with_fake_part(tmp_path: Path, part_bytes: bytes | None) -> subprocess.CompletedProcess:
-    """prepare() in a fresh interpreter whose part 1 is a fake package holding ``part_bytes`` (None: no file)."""
+def _prepare_with_fake_part(tmp_path: Path, part_bytes: bytes | None) -> str:
+    """``trait model prepare`` whose part 1 is a fake package holding ``part_bytes`` (None: no file); its stderr."""
     data = tmp_path / "fake" / PART1 / "data"
     data.mkdir(parents=True)
     (data.parent / "__init__.py").write_text("")
     if part_bytes is not None:
         (data / "gemma-3-270m-q4_k_m.gguf.part00").write_bytes(part_bytes)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), str(REPO)])}
-    code = f"from trait.models import prepare; prepare('gemma3-270m', {str(tmp_path / 'cache')!r}, install=False)"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-
-
-def _error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode != 0, proc.stderr
-    return proc.stderr.strip().splitlines()[-1]
+    proc = trait("model", "prepare", "gemma3-270m", "--cache-dir", str(tmp_path / "cache"), "--no-install", env=env,
+                 timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    return proc.stderr
 
 
 @science
 def test_prepare_refuses_a_corrupt_or_missing_part(tmp_path):
-    line = _error_line(_prepare_with_fake_part(tmp_path / "corrupt", b"not a GGUF part"))
-    assert line.startswith("trait.models.ModelError: gemma3-270m: the assembled GGUF has sha256 "), line
-    assert f"expected {MODELS['gemma3-270m'].sha256}" in line and "pip install --force-reinstall" in line
-    line = _error_line(_prepare_with_fake_part(tmp_path / "missing", None))
-    assert line.startswith("trait.models.ModelError: gemma3-270m: a part of the GGUF is missing"), line
+    err = _prepare_with_fake_part(tmp_path / "corrupt", b"not a GGUF part")
+    assert err.startswith("trait: error: gemma3-270m: the assembled GGUF has sha256 ") and err.count("\n") == 1, err
+    assert f"expected {MODELS['gemma3-270m'].sha256}" in err and "pip install --force-reinstall" in err
+    err = _prepare_with_fake_part(tmp_path / "missing", None)
+    assert err.startswith("trait: error: gemma3-270m: a part of the GGUF is missing") and err.count("\n") == 1, err
     for case in ("corrupt", "missing"):  # no model directory, no staging directory left behind
         assert list((tmp_path / case / "cache").iterdir()) == []
 
@@ -100,7 +97,7 @@ def test_one_trainer_step_on_gemma(tmp_path, gemma, datasets):
     stage.update(micro_batch_size=1, global_batch_size=1, token_budget=32, warmup_steps=0, lr=1e-5, min_lr=1e-6,
                  checkpoint_every=1, export_every=0)
     cfg["stages"] = [stage]
-    trait("train", "--config", write_config(tmp_path, cfg), env=ENV, timeout=1200)
+    trait("train", "--config", write_config(tmp_path, cfg), env=ENV, timeout=1200, check=True)
     out = tmp_path / "out" / "knowledge"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["event"] == "train"]
@@ -134,4 +131,30 @@ def test_the_gemma_pipeline_config_plans(tmp_path):
     assert (server.model, server.dtype, server.max_model_len, server.chat_template) == (
         "/models/gemma3-270m", "bfloat16", 2048, "infra/vllm/gemma_chat.jinja")
     text = plan_text(config, str(tmp_path / "run"))
-    assert "run   train_trait_one_stage" in text and "29 of 29 stages to run" in text
+    assert "run   train_trait_one_stage" in text and "run   eval_seed_dsir" in text
+    assert re.search(r"\n(\d+) of \1 stages to run$", text), text
+
+
+def test_gemma_chat_template_renders_the_turn_format():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
+        (REPO / "infra/vllm/gemma_chat.jinja").read_text())
+    messages = [{"role": "system", "content": "You teach."}, {"role": "user", "content": "Add 2 and 3. "},
+                {"role": "assistant", "content": "5"}, {"role": "user", "content": "Why?"}]
+    assert template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True) == (
+        "<bos><start_of_turn>user\nYou teach.\n\nAdd 2 and 3.<end_of_turn>\n<start_of_turn>model\n5<end_of_turn>\n"
+        "<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_server_passes_the_chat_template(tmp_path):
+    from synth.server import ServerConfig, ServerError, VllmServer
+
+    python = sys.executable  # any interpreter: the command is built, not run
+    cmd = VllmServer(ServerConfig(vllm_python=str(python), chat_template="infra/vllm/gemma_chat.jinja"))._command(
+        "/models/m", 8000)
+    assert cmd[cmd.index("--chat-template") + 1] == str(REPO / "infra/vllm/gemma_chat.jinja")
+    assert "--chat-template" not in VllmServer(ServerConfig(vllm_python=str(python)))._command("/models/m", 8000)
+    with pytest.raises(ServerError, match="chat template .*missing.jinja not found"):
+        VllmServer(ServerConfig(vllm_python=str(python), chat_template=str(tmp_path / "missing.jinja")))._command(
+            "/models/m", 8000)
