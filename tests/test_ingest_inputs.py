@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from trait.config import ConfigError, from_dict
 from trait.contract import QUARANTINE_DIR, finished_dataset, validate_table
 
 from .conftest import REPO
+from .support.privileges import unprivileged
 
 RECORDS = [{"id": i, "text": f"document number {i} " + "word " * (i % 7)} for i in range(400)]
 DATA = b"".join(json.dumps(r).encode() + b"\n" for r in RECORDS)
@@ -148,29 +148,8 @@ def test_a_tokenizer_file_that_does_not_load_is_refused(tmp_path):
                                  "tokenizer": f"hf:{tmp_path / 'tokenizer.json'}"})
 
 
-# Root reads through any permission bits; the CLI runs as root without the capabilities that allow that.
-WITHOUT_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
-               "--inh-caps=-dac_override,-dac_read_search"]
-
-
-def _unprivileged(tmp_path) -> list[str]:
-    """The command prefix that makes permission bits apply to a child process, or skip saying why not."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root and setpriv is missing: permission bits cannot be made to apply")
-    probe = tmp_path / "probe"
-    probe.write_text("x")
-    probe.chmod(0)
-    seen = subprocess.run([*WITHOUT_DAC, "cat", str(probe)], capture_output=True, text=True)
-    if seen.returncode == 0 or "Permission denied" not in seen.stderr:
-        pytest.skip(f"running as root and dropping the DAC capabilities did not apply permission bits: "
-                    f"{seen.stderr.strip() or 'the file was read'}")
-    return WITHOUT_DAC
-
-
 def test_unreadable_file_and_unlistable_folder_say_permission_denied_and_name_the_path(tmp_path):
-    prefix = _unprivileged(tmp_path)
+    prefix = unprivileged(tmp_path)
     (tmp_path / "closed").mkdir()
     (tmp_path / "closed" / "a.jsonl").write_bytes(DATA)
     (tmp_path / "open").mkdir()

@@ -11,6 +11,10 @@ Every job checks its output before it reads much, writes or deletes anything (``
   would delete the input, or the job would read what it writes. An input is a path (a file or a folder) or a glob;
   a glob's matches count as inputs, and so does any path the glob would match on a later run.
 
+A local output must be writable by this process: the folder, or the nearest existing folder above an output that
+does not exist yet, takes a probe file that is created and removed at once (permission bits alone do not say it:
+root writes through them, and a read-only mount ignores them).
+
 Paths are compared as absolute paths, local ones (plain or ``file:``) with symbolic links resolved. A folder is
 read with pathlib, or through the caller's file system object when it gives one (``spark_jobs.fs.HadoopFS``:
 ``exists``, ``is_dir``, ``list``, ``read_text``), which a URI that is not local (``hdfs://``, ``s3a://``) needs.
@@ -18,10 +22,12 @@ read with pathlib, or through the caller's file system object when it gives one 
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
 import posixpath
+import tempfile
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
@@ -96,26 +102,45 @@ def _made_by_trait(fs, folder: str) -> bool:
     return isinstance(manifest, dict) and isinstance(manifest.get("job"), str)
 
 
+def check_writable(output: str | os.PathLike, *, name: str = "--output") -> None:
+    """Refuse a local ``output`` this process cannot write: a probe file is created and removed in the folder, or in
+    the nearest existing folder above it when it does not exist yet. A non-local URI is left to its file system."""
+    if not is_local(output):
+        return
+    folder = local_path(output)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():  # a file in the way: check_folder or the job's mkdir says so
+        return
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".trait-write-probe-", dir=folder)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise OutputError(f"permission denied: cannot write to {folder} ({name} {_shown(output)}); choose an output "
+                          "you can write, or fix its permissions") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_folder(output: str | os.PathLike, own: Iterable[str] = DATASET_ENTRIES, *, dataset: bool = True,
                  fs=None, name: str = "--output") -> None:
     """Refuse an existing ``output`` that holds entries other than ``own`` (fnmatch patterns of names) or, for a
-    ``dataset``, a non-empty folder that is not a TRAIT dataset. ``fs``: the file system object to ask (needed for
-    a URI that is not local); without one, local paths are read with pathlib."""
+    ``dataset``, a non-empty folder that is not a TRAIT dataset, and a local one this process cannot write
+    (``check_writable``). ``fs``: the file system object to ask (needed for a URI that is not local); without one,
+    local paths are read with pathlib."""
     if fs is None and not is_local(output):
         raise ValueError(f"{output}: a file system object is needed to check a non-local output")
     files = fs or _LocalFiles()
     folder = str(output).rstrip("/") if fs else str(local_path(output))
     shown = _shown(output)
-    if not files.exists(folder):
-        return
-    if not files.is_dir(folder):
+    exists = files.exists(folder)
+    if exists and not files.is_dir(folder):
         raise OutputError(f"{name} {shown} is a file, not a folder; choose a new folder")
-    names = files.list(folder)
-    if not names:
-        return
+    names = files.list(folder) if exists else []
     own = tuple(own)
     foreign = [n for n in names if not any(fnmatchcase(n, p) for p in own)]
-    if dataset and not _made_by_trait(files, folder):
+    if names and dataset and not _made_by_trait(files, folder):
         raise OutputError(f"{name} {shown} is a folder that is not a TRAIT dataset (it holds {_named(names)}); "
                           "nothing was written or deleted: choose a new or empty folder (--overwrite replaces "
                           "only a TRAIT dataset)")
@@ -123,6 +148,7 @@ def check_folder(output: str | os.PathLike, own: Iterable[str] = DATASET_ENTRIES
         what = "a TRAIT dataset and also " if dataset else ""
         raise OutputError(f"{name} {shown} holds {what}{_named(foreign)}, which this job does not write; nothing "
                           "was written or deleted: move that out of the way, or choose a new or empty folder")
+    check_writable(output, name=name)
 
 
 def _location(uri: str) -> tuple[str, PurePosixPath]:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -19,11 +19,13 @@ _SCRIPT = Path(sys.executable).with_name("trait")
 COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "trait.cli"]
 
 
-def trait(*args: str, env: Mapping[str, str] | None = None, timeout: float = 900,
-          check: bool = False) -> subprocess.CompletedProcess:
-    """``trait ARGS`` run to its end (``env``: the whole environment, default this process's); with ``check`` a
-    non-zero exit is an AssertionError carrying the end of stderr."""
-    proc = subprocess.run([*COMMAND, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+def trait(*args: str, env: Mapping[str, str] | None = None, timeout: float = 900, check: bool = False,
+          prefix: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """``trait ARGS`` run to its end (``env``: the whole environment, default this process's; ``prefix``: a command
+    it runs under, such as ``support.privileges.WITHOUT_DAC``); with ``check`` a non-zero exit is an AssertionError
+    carrying the end of stderr."""
+    proc = subprocess.run([*prefix, *COMMAND, *args], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=timeout)
     if check and proc.returncode:
         raise AssertionError(f"trait {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
