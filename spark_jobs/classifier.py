@@ -33,7 +33,7 @@ from trait.outputs import check_output
 from trait.ranks import roc_auc
 
 from .fs import arrow_filesystem
-from .text import NORMALISER_VERSION, normalise, strip_math
+from .text import NORMALISER_VERSION, normalise
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,6 @@ class ClassifierConfig:
     max_retries: int = field(4, help="retries after 'Encountered NaN'")
     train_max_chars: int | None = field(8000, help="cut training documents to this many characters (speed; "
                                         "scoring reads whole documents); null: no cut")
-    stripped_copies: bool = field(False, help="also train on a copy of each positive that has math spans ($...$, "
-                                              "\\[...\\], environments) with them cut out, as plain-text dumps "
-                                              "of encyclopedias have their math")
 
     def validate(self) -> None:
         if self.version < 1:
@@ -267,10 +264,7 @@ def train_classifier(cfg: ClassifierConfig, output: str | Path) -> dict:
         train_file = os.path.join(tmp, "train.txt")
         with open(train_file, "w", encoding="utf-8") as fh:
             for text, y in train:
-                text = text[:cfg.train_max_chars]
-                fh.write(f"{POSITIVE if y else NEGATIVE} {normalise(text)}\n")
-                if y and cfg.stripped_copies and (stripped := strip_math(text)) != text:
-                    fh.write(f"{POSITIVE} {normalise(stripped)}\n")
+                fh.write(f"{POSITIVE if y else NEGATIVE} {normalise(text[:cfg.train_max_chars])}\n")
         model, attempts = _train(cfg, train_file)
     labels = np.array([y for _, y in held], dtype=np.int64)
     scores = positive_probability(model, [normalise(t) for t, _ in held])

@@ -50,17 +50,6 @@ def _command(match: re.Match) -> str:
     return f" {_COMMANDS.get(name, name if name.isalpha() else '')} "
 
 
-# Math spans of LaTeX text: display and inline, bracketed, and environments (non-greedy, one level).
-_MATH_SPAN = re.compile(r"\$\$.*?\$\$|\$[^$]*\$|\\\[.*?\\\]|\\\(.*?\\\)|\\begin\{([a-z]+\*?)\}.*?\\end\{\1\}",
-                        re.DOTALL)
-
-
-def strip_math(text: str) -> str:
-    """``text`` with its math spans cut out, as an encyclopedia's plain-text dump loses them ("the derivative of
-    at is")."""
-    return _MATH_SPAN.sub(" ", text)
-
-
 def normalise(text: str) -> str:
     """Lower-case, math markup to plain form (module doc), space out punctuation, collapse all white space (fastText
     refuses '\\n') to single spaces."""

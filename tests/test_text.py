@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spark_jobs.text import NORMALISER_VERSION, normalise, strip_math
+from spark_jobs.text import NORMALISER_VERSION, normalise
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -28,7 +28,3 @@ def test_latex_and_plain_text_math_meet():
         "If a >= b then a 2 >= b 2 for a, b >= 0.")
     assert NORMALISER_VERSION == "v2"
 
-
-def test_strip_math_cuts_spans_as_a_plain_text_dump_does():
-    text = r"Let $f(x)=x^2$. Then $$\int f$$ and \[ a \] or \begin{align} x \end{align} cost 5 dollars"
-    assert " ".join(strip_math(text).split()) == "Let . Then and or cost 5 dollars"
