@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from trait.benchmarks import default_shared_data
 from trait.config import ConfigError, field
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(default_shared_data()).resolve()
 DEFAULT_TEXT_FILES = (
     SHARED_DATA / "benchmarks" / "gsm8k" / "train.jsonl",
     SHARED_DATA / "corpora" / "general" / "enwiki_2015_part1.jsonl.gz",
