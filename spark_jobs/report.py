@@ -145,7 +145,7 @@ def run_report(spark, config: ReportConfig, input_path: str, output: str, valida
             validation = (open_dataset(spark, validation_path)[0], validation_path)
             globs.append(parts_glob(validation_path))
     job = JobOutput(spark, output, "report", {**to_dict(config), "validation": validation_path}, globs, overwrite,
-                    own=(REPORT_JSON, REPORT_HTML))
+                    own=(REPORT_JSON, REPORT_HTML), writes_rows=False)
     if (done := job.finished()) is not None:
         return done
     t0 = time.time()

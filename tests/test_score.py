@@ -157,8 +157,9 @@ def test_a_job_killed_half_way_and_rerun_gives_the_uninterrupted_output(spark, c
 
     wiki = read_jsonl(SHARED_DATA / "corpora/general/enwiki_2015_part1.jsonl.gz", 2500, start=600)
     write_jsonl(tmp_path / "wiki.jsonl", wiki)
-    run_ingest(spark, from_dict(IngestConfig, {"inputs": [{"path": str(tmp_path / "wiki.jsonl"), "source": "w"}]}),
-               str(tmp_path / "pool"))
+    # Several part files, so the kill lands among several tasks: ingest's output may be one partition for 40 MB.
+    run_ingest(spark, from_dict(IngestConfig, {"inputs": [{"path": str(tmp_path / "wiki.jsonl"), "source": "w"}],
+                                               "max_records_per_file": 600}), str(tmp_path / "pool"))
     attempts = tmp_path / "killed._staging" / ATTEMPTS_DIR
     first_seen: list[float] = []
 
