@@ -39,6 +39,8 @@ class Threshold:
     token_budget: int | None = field(None, help="keep the best N tokens among documents passing the others")
 
     def validate(self) -> None:
+        if not self.column.strip():
+            raise ConfigError("a threshold needs its score column, e.g. score_domain_math_v1:percentile=90")
         given = [k for k in ("min", "percentile", "token_budget") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ConfigError(f"threshold on {self.column!r}: give exactly one of min, percentile, token_budget "

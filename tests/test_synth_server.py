@@ -268,7 +268,7 @@ def test_generate_quarantines_prompts_longer_than_the_context_and_stops_on_other
     batch). A 400 for the settings (a negative temperature) would fail every request: the run stops with it."""
     from tokenizers import Tokenizer
 
-    from synth.generate import SynthConfig, plan_groups, run_generate
+    from synth.generate import NoPassagesError, SynthConfig, plan_groups, run_generate
     from synth.prompts import PromptProblem, render_passage_prompt
     from trait.config import from_dict
 
@@ -303,7 +303,10 @@ def test_generate_quarantines_prompts_longer_than_the_context_and_stops_on_other
     assert 0 < len(too_long) < len(groups) and min(abs(n - 2048) for n in final.values()) >= 2, sorted(final.values())
 
     out = tmp_path / "passages"
-    manifest = run_generate(from_dict(SynthConfig, {**base, "domain": domain}), str(out))
+    try:
+        manifest = run_generate(from_dict(SynthConfig, {**base, "domain": domain}), str(out))
+    except NoPassagesError:  # the random-weight model may write nothing valid: the run still commits its quarantine
+        manifest = json.loads((out / "manifest.json").read_text())
     assert (out / "_SUCCESS").exists()
     generation = manifest["generation"]
     assert (generation["requests"], generation["refused_too_long"]) == (len(groups), len(too_long))
