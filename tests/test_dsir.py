@@ -12,7 +12,7 @@ from data_selection.hashed_ngram_dsir import get_ngram_counts, hash_buckets, wpt
 
 from spark_jobs.dataset import DatasetError
 from spark_jobs.dsir import LOG_WEIGHT, DsirConfig, bucket_counts, hash_bucket, log_weights, run_dsir, tokenize
-from tests.test_baselines import expected_cut, fake_dataset, spark_uniform
+from tests.support.baselines import expected_cut, fake_dataset, spark_uniform
 from trait.config import from_dict
 from trait.contract import finished_dataset, validate_table
 

@@ -28,8 +28,8 @@ from synth.server import REPO_ROOT, ServerConfig, VllmServer
 from trait.contract import QUARANTINE_DIR, finished_dataset, validate_table
 
 from .support.cli import COMMAND
+from .support.corpus import documents, write_dataset
 from .support.vllm import needs_vllm
-from .test_synth_annotate import documents, write_dataset
 
 psutil = pytest.importorskip("psutil")
 pytestmark = [pytest.mark.vllm, needs_vllm]
