@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
+from functools import partial
 
 import pytest
 
@@ -13,13 +12,11 @@ from trait.cli import COMMANDS, build_parser, load_command_config, main
 from trait.config import describe, show
 
 from .conftest import REPO, SHARED_DATA, read_jsonl, write_jsonl
+from .support.cli import trait as run_trait
+
+trait = partial(run_trait, check=True)  # these tests expect success unless a call says check=False
 
 
-def trait(*args, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "trait.cli", *args], capture_output=True, text=True, cwd=REPO)
-    if check and proc.returncode:
-        raise AssertionError(f"trait {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def test_help_lists_every_command():
