@@ -193,6 +193,12 @@ def _classifier_train(cfg, args) -> dict:
     return train_classifier(cfg, args.output)
 
 
+def _classifier_evaluate(cfg, args) -> dict:
+    from spark_jobs.classifier_eval import evaluate_classifier
+
+    return evaluate_classifier(cfg)
+
+
 def _spark_job(target: str, name: str, **session):
     """The run of a Spark job that reads --input: ``module:function(spark, config, input, output, overwrite)``,
     imported when the command runs."""
@@ -341,6 +347,11 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         "train a domain or quality classifier with held-out metrics", "spark_jobs.classifier:ClassifierConfig",
         _classifier_train,
         lambda p: p.add_argument("--output", required=True, help="directory for <name>_v<version>.bin and card.json")),
+    ("classifier", "evaluate"): Command(
+        "judge a trained classifier on labelled validation sets (--positive/--negative DATASET[:PREFIX,...]): ROC-AUC "
+        "with a bootstrap CI, recall at the thresholds keeping 1, 3 and 5 percent of the negatives, samples; into "
+        "its card",
+        "spark_jobs.classifier_eval:EvaluateConfig", _classifier_evaluate),
     ("score",): Command(
         "Spark job: add a float32 score column per classifier to every row", "spark_jobs.score:ScoreConfig",
         _spark_job("spark_jobs.score:run_score", "score", scheduler_only=True),
