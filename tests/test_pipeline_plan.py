@@ -174,3 +174,19 @@ def test_resolved_config_and_plan_text(tmp_path):
     assert text.splitlines()[0] == f"run folder: {(tmp_path / 'run').resolve()}"
     assert "run   ingest_seed" in text and f"{len(build_stages(cfg))} of {len(build_stages(cfg))}" in text
     json.dumps(build_stages(cfg)[0].config)  # every stage config is plain data
+
+
+def test_fingerprints_do_not_depend_on_the_process(tmp_path):
+    """A rerun is another process: its fingerprints must be these (no set or hash order in a stage's config)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from trait.config import load_config; from trait.pipeline.config import "
+            "PipelineConfig; from trait.pipeline.graph import build_stages; "
+            f"cfg = load_config(PipelineConfig, {str(TINY)!r}, ['run_dir={tmp_path / 'run'}']); "
+            "print(json.dumps({s.name: s.fingerprint for s in build_stages(cfg)}))")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                      cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed}).stdout)
+            for seed in ("1", "2")]
+    assert runs[0] == runs[1]

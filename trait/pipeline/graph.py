@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trait.config import to_dict
 
-from .config import NAMED_DATASETS, PipelineConfig, stage_from_template
+from .config import NAMED_DATASETS, STAGE1_ROLES, PipelineConfig, stage_from_template
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -319,7 +319,8 @@ def one_stage(cfg, jobs, clean, selections, passages, rejected) -> dict:
     b1, b2 = s1.steps * s1.tokens_per_step, s2.steps * s2.tokens_per_step
     w1 = {k: v / sum(t.knowledge_mixture.values()) for k, v in t.knowledge_mixture.items()}
     w2 = {k: v / sum(t.alignment_mixture.values()) for k, v in t.alignment_mixture.items()}
-    tokens = {role: w1.get(role, 0) * b1 + w2.get(role, 0) * b2 for role in set(w1) | set(w2)}
+    # In a fixed order: the config (and so the fingerprint) must not depend on set order, which varies by process.
+    tokens = {role: w1.get(role, 0) * b1 + w2.get(role, 0) * b2 for role in (*STAGE1_ROLES, "synthetic")}
     paths = {"in_domain": clean["seed"], "selected": selections["trait"], "replay_general": clean["pool"],
              "synthetic": passages["with"]}
     weights = {role: n / (b1 + b2) for role, n in tokens.items() if n > 0}
