@@ -219,7 +219,10 @@ def run_generate(config: SynthConfig, output: str, chunk: int = 0, num_chunks: i
     rows = _dedup_run(store, validator)
     model = sorted(set(rows.column("model").to_pylist()) - {None})
     reasons = [r for r in rows.column("reject_reason").to_pylist() if r is not None]
+    embedded = config.server.model is None and config.server.endpoint is None
     manifest = {"job": "synth_generate", "config": to_dict(config), "models": model, "chunk": chunk,
+                # said plainly: the default generator is a random-weight model and its passages are noise
+                "generator": "embedded tiny random-weight model" if embedded else "configured",
                 "num_chunks": num_chunks, **report, "wall_time_s": round(time.time() - started, 3),
                 "generation": generation, "valid": rows.num_rows - len(reasons),
                 "valid_fraction": (rows.num_rows - len(reasons)) / rows.num_rows if rows.num_rows else None,

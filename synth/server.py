@@ -204,6 +204,10 @@ class VllmServer:
         return cmd + list(self.config.extra_args)
 
     def _start_local(self) -> None:
+        if self.config.model is None:
+            log.warning("generator: no server.model and no server.endpoint: serving the EMBEDDED TINY RANDOM-WEIGHT "
+                        "model, whose outputs are noise (it tests the machinery); set server.model to a model "
+                        "directory or server.endpoint to a running server for real passages")
         model_dir = self.config.model or str(build_tiny_model(self.config.tiny_model))
         # A stable served name (not the cache path) so passage ids and provenance do not depend on the machine.
         self.model = Path(model_dir).name if Path(model_dir).is_dir() else model_dir

@@ -89,8 +89,11 @@ def test_ablation_table_has_every_arm_with_intervals(reference):
     assert totals["seed"] == totals["seed+random"] == totals["seed+dsir"] == totals["seed+trait"]
     assert totals["trait"] == totals["trait_one_stage"] > totals["seed+trait"]
     assert "synthetic" in rows["trait"]["tokens_by_source"]
-    # the embedded generator's passages all fail validation: the table says what the passage rows measure
+    # the embedded generator's passages all fail validation: the table says what the passage rows measure, and the
+    # passages' manifest which generator wrote them
     assert any("measure the machinery" in c for c in reference["table"]["caveats"])
+    passages = json.loads((reference["run"] / "data" / "passages" / "manifest.json").read_text())
+    assert passages["generator"] == "embedded tiny random-weight model"
     md = (reference["run"] / "ablation.md").read_text()
     assert md.startswith("> ") and "| seed+trait |" in md
     assert (reference["run"] / "ablation.csv").read_text().splitlines()[0].startswith("arm,bpb_in_domain,")

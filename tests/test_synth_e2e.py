@@ -161,7 +161,7 @@ def test_cli_generate_writes_contract_passages_with_provenance(generator, tmp_pa
     from synth.passage import PARSE_REASONS
     parse_failures = sum(n for r, n in counts["rejected_by_reason"].items() if r in PARSE_REASONS)
     assert manifest["parse_failure_rate"] == pytest.approx(parse_failures / 6)
-    assert manifest["models"] == [generator.model]
+    assert manifest["models"] == [generator.model] and manifest["generator"] == "configured"
     assert manifest["config"]["server"]["endpoint"] == endpoint(generator)
     assert set(manifest["coverage"]["per_task"]) == {"gsm8k", "math"}
 
