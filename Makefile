@@ -1,5 +1,5 @@
 # The README's commands. Every target first runs infra/setup.sh, which installs only what is missing.
-.PHONY: setup demo test bench bench-score bench-dsir bench-synth bench-train lint
+.PHONY: setup demo test test-fast docs bench bench-score bench-dsir bench-synth bench-train lint
 
 setup:
 	bash infra/setup.sh
@@ -30,3 +30,20 @@ bench-train: setup
 
 lint: setup
 	.venv/bin/ruff check .
+
+# The config reference at the end of docs/configuration.md, from the config classes (tests/test_docs.py fails when
+# it is stale).
+docs: setup
+	.venv/bin/python -m trait.docs
+
+# The edit loop: no server, daemon or Spark session. Left out: the slow markers, the test files that start a local
+# Spark session (directly or through the shared dataset fixtures) or a server without a marker, and two such tests in
+# files that are otherwise fast. `make test` runs them all.
+FAST_MARKERS = not (cluster or train or demo or vllm or slurm or pipeline or science)
+FAST_SKIP = baselines classifier compare contract_writers decontaminate dedup dsir ingest ingest_inputs \
+	ingest_property listeners output_guard output_writable packaging parquet_append report score select synth_server
+FAST_DESELECT = test_synth_validate.py::test_real_vllm_structured_passages_always_parse \
+	test_cli.py::test_the_chain_through_the_command_line
+test-fast: setup
+	.venv/bin/python -m pytest -n 2 -q -m "$(FAST_MARKERS)" $(FAST_SKIP:%=--ignore=tests/test_%.py) \
+		$(FAST_DESELECT:%=--deselect tests/%)
