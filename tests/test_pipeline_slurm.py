@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from .support.cli import trait
+from .support.pipeline import ENV, reduced_config
 from .support.slurm import slurm_cluster
-from .test_pipeline_run import ENV, reduced_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.pipeline]
 
