@@ -30,7 +30,7 @@ def test_tiny_pipeline_end_to_end_under_slurm(cluster, tmp_path):
     cfg = yaml.safe_load(config.read_text())
     spark_submit = Path(sys.executable).parent / "spark-submit"
     cfg.update(arms=["base", "seed", "seed+trait", "trait"], synth_chunks=2, spark_master="local[1]",
-               slurm={"spark_submit": str(spark_submit)})
+               slurm={"spark_submit": str(spark_submit), "synth_args": ["--cpus-per-task=1"]})
     cfg["eval"]["curves"] = []
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     proc = trait("pipeline", "run", "--config", str(config), "--executor", "slurm", "--wait",

@@ -115,26 +115,32 @@ def submit(config, run_dir: str | None = None) -> dict:
     return jobs
 
 
+# Reasons a pending job can never start for: the job, not the queue, is wrong (e.g. more CPUs than a node has).
+NEVER_STARTS = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints",
+                "DependencyNeverSatisfied"}
+
+
 def job_states(job_ids: list[str]) -> dict[str, str]:
-    """Slurm's state of each job (``scontrol show job``; a job Slurm forgot counts as COMPLETED only if known)."""
+    """Slurm's state of each job (``scontrol show job``); a pending job that can never start is NEVER_STARTS."""
     states = {}
     for job in job_ids:
         out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True)
-        field = next((f for f in out.stdout.split() if f.startswith("JobState=")), None)
-        states[job] = field.split("=", 1)[1] if field else "UNKNOWN"
+        fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+        state = fields.get("JobState", "UNKNOWN")  # an array's first task stands for it
+        states[job] = "NEVER_STARTS" if state == "PENDING" and fields.get("Reason") in NEVER_STARTS else state
     return states
 
 
 def wait(jobs: dict[str, str], timeout_s: float, poll_s: float = 2.0) -> dict[str, str]:
-    """Poll until every job ended (or one failed and its dependants can never start); stage -> state."""
+    """Poll until every job ended (or one failed and the rest can never start); stage -> state."""
     deadline = time.monotonic() + timeout_s
     while True:
         states = dict(zip(jobs, job_states(list(jobs.values())).values()))
-        failed = [n for n, st in states.items() if st in TERMINAL - {"COMPLETED"}]
-        pending_forever = failed and all(st in TERMINAL or st == "PENDING" for st in states.values())
-        if all(st in TERMINAL for st in states.values()) or pending_forever:
-            if pending_forever:
-                subprocess.run(["scancel", *[jobs[n] for n, st in states.items() if st == "PENDING"]])
+        failed = [n for n, st in states.items() if st != "COMPLETED" and (st in TERMINAL or st == "NEVER_STARTS")]
+        stuck = failed and all(st in TERMINAL or st in ("PENDING", "NEVER_STARTS") for st in states.values())
+        if all(st in TERMINAL for st in states.values()) or stuck:
+            if stuck:
+                subprocess.run(["scancel", *[jobs[n] for n, st in states.items() if st not in TERMINAL]])
             return states
         if time.monotonic() > deadline:
             raise UserError(f"--wait: jobs still running after {timeout_s:.0f} s: "
