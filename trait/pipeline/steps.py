@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import re
 from pathlib import Path
 
 from trait.config import from_dict
@@ -119,7 +120,8 @@ def join_chunks(manifests: list[dict], chunks_dir: str, output: str) -> dict:
 
     from trait.contract import finished_dataset
 
-    chunks = sorted(p for p in Path(chunks_dir).iterdir() if p.name.startswith("chunk-") and p.is_dir())
+    # chunk-00000 ... (beside each, chunk-00000._chunks holds that chunk's committed batches: not a dataset)
+    chunks = sorted(p for p in Path(chunks_dir).iterdir() if re.fullmatch(r"chunk-\d+", p.name))
     table = pa.concat_tables(finished_dataset(str(p)).to_table() for p in chunks)
     counts: dict = {}
     for m in manifests:
