@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from trait.config import ConfigError
+from trait.models import cache_root
 from trait.progress import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def model_dir() -> Path:
 
 def default_cache_dir() -> Path:
     """``$TRAIT_CACHE/embeddings`` or ``~/.cache/trait/embeddings`` (beside the tiny models' cache)."""
-    return Path(os.environ.get("TRAIT_CACHE") or Path.home() / ".cache" / "trait") / "embeddings"
+    return cache_root() / "embeddings"
 
 
 def model_key(root: str | Path) -> str:

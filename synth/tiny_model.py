@@ -15,7 +15,6 @@ import dataclasses
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import numpy as np
 
 from trait.benchmarks import default_shared_data
 from trait.config import ConfigError, field
+from trait.models import cache_root
 
 SHARED_DATA = Path(default_shared_data()).resolve()
 DEFAULT_TEXT_FILES = (
@@ -75,8 +75,7 @@ class TinyModelConfig:
 
 def default_cache_dir() -> Path:
     """``$TRAIT_CACHE/tiny_models`` or ``~/.cache/trait/tiny_models``."""
-    root = os.environ.get("TRAIT_CACHE") or Path.home() / ".cache" / "trait"
-    return Path(root) / "tiny_models"
+    return cache_root() / "tiny_models"
 
 
 def iter_local_text(files: tuple[Path, ...] = DEFAULT_TEXT_FILES, max_chars: int = 2_000_000) -> Iterator[str]:
