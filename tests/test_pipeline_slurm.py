@@ -40,12 +40,15 @@ def test_tiny_pipeline_end_to_end_under_slurm(cluster, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:] + logs[-6000:]
     jobs = json.loads((run / "_pipeline" / "slurm" / "jobs.json").read_text())
     assert {"ingest_seed", "score", "synth", "train_trait", "eval_trait", "ablation"} <= set(jobs)
-    # chained: a stage's job depends on its inputs' jobs (sacct keeps no dependency after the end; the scripts
-    # and the records say what ran where)
     records = {p.stem: json.loads(p.read_text()) for p in (run / "_pipeline" / "state").glob("*.json")}
     assert all(r["status"] == "done" for r in records.values()), {n: r["status"] for n, r in records.items()}
+    # chained with afterok: no stage's job started before every input's job had finished
+    for name, r in records.items():
+        for upstream in r["inputs"]:
+            assert records[upstream]["finished_at"] <= r["started_at"], (name, upstream)
     assert "spark-submit" in (run / "_pipeline" / "slurm" / "score.sbatch").read_text()
-    assert sorted(p.name for p in (run / "data" / "passages_chunks").iterdir()) == ["chunk-00000", "chunk-00001"]
+    chunks = sorted(p.name for p in (run / "data" / "passages_chunks").iterdir() if not p.name.endswith("._chunks"))
+    assert chunks == ["chunk-00000", "chunk-00001"]  # the array's two tasks (each chunk's batches beside it)
     rows = {r["arm"]: r for r in json.loads((run / "ablation.json").read_text())["rows"]}
     assert list(rows) == ["base", "seed", "seed+trait", "trait"]
     assert all(r["bpb"]["in_domain"]["value"] > 0 for r in rows.values())
