@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 VALIDATION_JSON, VALIDATION_MD = "validation.json", "validation.md"
 LABELS = ("positive", "negative")
+PARTS = ("all", "dev", "test")
 
 
 @dataclass
@@ -72,6 +73,8 @@ class EvaluateConfig:
     exclude_training: bool = field(False, help="drop documents the classifier trained on instead of refusing "
                                                "a set that holds any")
     seed: int = field(0, help="seed of the sampling (max_docs) and the bootstrap")
+    part: str = field("all", help="which half of every set to use, split by a hash of the document id: 'dev' to "
+                                  "tune recipes and thresholds on, 'test' to report once at the end, or 'all'")
 
     def all_sets(self) -> list[ValidationSet]:
         return [*self.sets, *(ValidationSet.from_spec(s, "positive") for s in self.positive),
@@ -91,6 +94,16 @@ class EvaluateConfig:
             raise ConfigError(f"keep_negatives are percents in (0, 100), got {self.keep_negatives}")
         if self.bootstrap < 0 or self.samples < 0:
             raise ConfigError("bootstrap and samples must be >= 0")
+        if self.part not in PARTS:
+            raise ConfigError(f"part must be one of {', '.join(PARTS)}, got {self.part!r}")
+
+
+def in_part(doc_id: str, part: str) -> bool:
+    """Whether a document belongs to ``part``: a fixed half by a hash of its id, the same on every run."""
+    if part == "all":
+        return True
+    dev = hashlib.sha1(f"validation-part:{doc_id}".encode()).digest()[0] < 128
+    return dev == (part == "dev")
 
 
 def training_ids(model_dir: Path, card: dict) -> set[str] | None:
@@ -124,6 +137,12 @@ def keep_thresholds(negatives: np.ndarray, keep: list[float]) -> dict[str, float
     cut at percentile 100 - k over the negatives."""
     ordered = np.sort(negatives)
     return {f"{k:g}": float(ordered[min(cut_weight(100 - k, len(ordered)), len(ordered)) - 1]) for k in keep}
+
+
+def _where(ids: list[str], texts: list[str], keep) -> tuple[list[str], list[str]]:
+    """The documents whose id passes ``keep``."""
+    pairs = [(i, t) for i, t in zip(ids, texts) if keep(i)]
+    return [i for i, _ in pairs], [t for _, t in pairs]
 
 
 def _samples(ids, texts, scores, n: int, highest: bool) -> list[dict]:
@@ -164,14 +183,15 @@ def evaluate_classifier(cfg: EvaluateConfig) -> dict:
     scored, details = [], {}
     for vset in cfg.all_sets():
         data = _read([vset], ("id", "text"), cfg.seed)
-        ids, texts = data["id"], data["text"]
+        ids, texts = _where(data["id"], data["text"], lambda i: in_part(i, cfg.part))
+        if not ids:
+            raise ConfigError(f"validation set {vset.title()} has no documents in part {cfg.part!r}")
         overlap = None if trained is None else sum(i in trained for i in ids)
         if overlap and not cfg.exclude_training:
             raise ConfigError(f"validation set {vset.title()} holds {overlap} of the {len(ids)} documents "
                               f"{model_dir} trained on; validate on unseen data, or set exclude_training to drop them")
         if overlap:
-            keep = [j for j, i in enumerate(ids) if i not in trained]
-            ids, texts = [ids[j] for j in keep], [texts[j] for j in keep]
+            ids, texts = _where(ids, texts, lambda i: i not in trained)
             if not ids:
                 raise ConfigError(f"validation set {vset.title()} is all training data; give unseen documents")
         scores = positive_probability(model, [normalise(t) for t in texts]).astype(float)
@@ -183,7 +203,7 @@ def evaluate_classifier(cfg: EvaluateConfig) -> dict:
     for name, extra in details.items():
         result["sets"][name].update(extra)
     result = {"model": card["score_column"], "normaliser": card["normaliser"], "model_sha1": card["model_sha1"],
-              "config": to_dict(cfg), **result}
+              "part": cfg.part, "config": to_dict(cfg), **result}
     (model_dir / VALIDATION_JSON).write_text(json.dumps(result, indent=2))
     (model_dir / VALIDATION_MD).write_text(markdown(result))
     card_path = model_dir / "card.json"
@@ -204,7 +224,7 @@ def markdown(result: dict, samples: bool = True) -> str:
     """The validation table (and samples) as markdown."""
     keeps = list(result["thresholds"])
     head = ["set", "label", "n", "ROC-AUC", "95% CI", "median"] + [f"@{k}% neg" for k in keeps]
-    lines = [f"# Validation of {result['model']} (normaliser {result['normaliser']})", "",
+    lines = [f"# Validation of {result['model']} (normaliser {result['normaliser']}; part: {result['part']})", "",
              "Thresholds keeping k% of the pooled negatives: "
              + ", ".join(f"{k}%: {_fmt(t)}" for k, t in result["thresholds"].items()), "",
              "Columns @k% neg: recall of a positive set, share kept of a negative set, at that threshold.", "",

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from spark_jobs.classifier import TRAIN_IDS, ClassifierConfig, load_card, positive_probability, train_classifier
-from spark_jobs.classifier_eval import EvaluateConfig, ValidationSet, evaluate_classifier, keep_thresholds, summarise
+from spark_jobs.classifier_eval import (
+    EvaluateConfig,
+    ValidationSet,
+    evaluate_classifier,
+    in_part,
+    keep_thresholds,
+    markdown,
+    summarise,
+)
 from spark_jobs.text import normalise
 from trait.config import ConfigError, from_dict
 from trait.contract import write_text_dataset
@@ -127,3 +135,21 @@ def test_sets_from_flags_and_bad_configs():
         from_dict(EvaluateConfig, {"model": "m", "positive": ["/a"], "negative": ["/x/a"]})
     with pytest.raises(ConfigError, match="label must be"):
         from_dict(EvaluateConfig, {"model": "m", "sets": [{"path": "/a", "label": "maybe"}], "negative": ["/b"]})
+
+
+def test_dev_and_test_parts_split_every_set_in_two_fixed_halves(trained):
+    """Recipes and thresholds are tuned on ``part: dev`` and reported once on ``part: test``: the halves are
+    disjoint, together the whole set, and the same on every run."""
+    spec = {"model": trained["model"], "positive": [trained["unseen"]], "negative": [trained["general"]],
+            "bootstrap": 0, "samples": 100}
+    ids = {}
+    for part in ("dev", "test", "all"):
+        result = evaluate_classifier(from_dict(EvaluateConfig, {**spec, "part": part}))
+        assert result["part"] == part
+        ids[part] = {d["id"] for s in result["sets"].values() for d in s["samples"]}
+    assert ids["dev"] and ids["test"] and not ids["dev"] & ids["test"]
+    assert ids["dev"] | ids["test"] == ids["all"] and len(ids["all"]) == 100
+    assert all(in_part(i, "dev") for i in ids["dev"]) and not any(in_part(i, "dev") for i in ids["test"])
+    assert "part: dev" in markdown(evaluate_classifier(from_dict(EvaluateConfig, {**spec, "part": "dev"})))
+    with pytest.raises(ConfigError, match="part must be one of all, dev, test"):
+        from_dict(EvaluateConfig, {**spec, "part": "train"})
