@@ -10,6 +10,10 @@ finished scored dataset, by default the input itself) is a positive when its ``s
 prefixes, otherwise a negative. Ingest a labelled set as sources such as ``val/pos`` and ``val/neg``, score it,
 and pass ``--validation runs/val_scored --positive-sources val/pos``.
 
+Each classifier that scored the input and was judged on labelled sets it never saw (``trait classifier evaluate``,
+or a pipeline's ``selection.validation``) has its card's validation block shown beside its held-out metrics: per
+set ROC-AUC and the recall (or share kept) at the thresholds that keep 1/3/5% of the validation negatives.
+
 The output is a directory written like a dataset: ``report.html``, ``report.json`` (every figure as data),
 ``manifest.json`` and ``_SUCCESS``, staged and moved into place; a rerun with the same config and inputs is a no-op.
 """
@@ -20,11 +24,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from trait.config import ConfigError, field, to_dict
 
 from . import report_stats as stats
-from .dataset import DatasetError, JobOutput, open_dataset, parts_glob
+from .dataset import DatasetError, JobOutput, finished_manifest, open_dataset, parts_glob
 from .report_html import render_report
 
 log = logging.getLogger(__name__)
@@ -80,14 +85,32 @@ def _axis_column(columns: list[str], given: str | None, kind: str) -> str | None
     return matches[0] if len(matches) == 1 else None
 
 
-def build_figures(df, config: ReportConfig, input_path: str, validation=None) -> dict:
-    """Every figure of the report as plain data. ``validation``: (DataFrame, path) labelled by the source rule."""
+def classifier_validation(scored_manifest: dict) -> dict:
+    """Per score column of a scored dataset: its classifier's held-out metrics and, when the classifier's card holds
+    a validation block for the very model that scored (same sha1), that block."""
+    out = {}
+    models = (scored_manifest.get("config") or {}).get("models") or []
+    for model_dir, card in zip(models, (scored_manifest.get("config") or {}).get("cards") or []):
+        path = Path(model_dir) / "card.json"
+        on_disk = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        block = on_disk.get("validation")
+        if block is not None and block.get("model_sha1") != card.get("model_sha1"):
+            block = None  # judged a retrained model, not the one that scored
+        out[card["score_column"]] = {"model": model_dir, "heldout_metrics": card.get("heldout_metrics"),
+                                     "validation": block}
+    return out
+
+
+def build_figures(df, config: ReportConfig, input_path: str, validation=None, classifiers=None) -> dict:
+    """Every figure of the report as plain data. ``validation``: (DataFrame, path) labelled by the source rule;
+    ``classifiers``: ``classifier_validation`` of the input."""
     columns = [c for c in df.columns if c.startswith("score_")]
     if not columns:
         raise DatasetError(f"{input_path} has no score_* columns; run `trait score` on it first")
     docs, tokens, summaries = stats.column_summaries(df, columns)
     data = {"input": input_path, "documents": docs, "tokens": tokens, "config": to_dict(config),
-            "columns": summaries, "histograms": {}, "samples": {}, "grid": None, "validation": None, "notes": {}}
+            "columns": summaries, "histograms": {}, "samples": {}, "grid": None, "validation": None,
+            "classifiers": classifiers or {}, "notes": {}}
     if not docs:
         data["notes"]["empty"] = "The corpus is empty: 0 documents, so there is nothing to plot or sample."
     thresholds = {}
@@ -136,6 +159,7 @@ def run_report(spark, config: ReportConfig, input_path: str, output: str, valida
     if validation_path is not None and not config.positive_sources:
         raise ConfigError("--validation needs positive_sources (--positive-sources PREFIX ...) to label documents")
     df, _ = open_dataset(spark, input_path)
+    classifiers = classifier_validation(finished_manifest(spark, input_path))
     globs = [parts_glob(input_path)]
     validation = None
     if config.positive_sources:
@@ -144,12 +168,13 @@ def run_report(spark, config: ReportConfig, input_path: str, output: str, valida
         else:
             validation = (open_dataset(spark, validation_path)[0], validation_path)
             globs.append(parts_glob(validation_path))
-    job = JobOutput(spark, output, "report", {**to_dict(config), "validation": validation_path}, globs, overwrite,
+    job = JobOutput(spark, output, "report", {**to_dict(config), "validation": validation_path,
+                                              "classifiers": classifiers}, globs, overwrite,
                     own=(REPORT_JSON, REPORT_HTML), writes_rows=False)
     if (done := job.finished()) is not None:
         return done
     t0 = time.time()
-    data = build_figures(df, config, input_path, validation)
+    data = build_figures(df, config, input_path, validation, classifiers)
     log.info("report: figures aggregated in %.1f s", time.time() - t0)
     staging = job.begin()
     job.fs.write_text(f"{staging}/{REPORT_JSON}", json.dumps(data, indent=1, sort_keys=True))

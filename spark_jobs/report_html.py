@@ -158,6 +158,37 @@ def _validation_section(data: dict) -> list[str]:
     return out
 
 
+def _classifiers_section(data: dict) -> list[str]:
+    """Each classifier's held-out metrics (its own kind of data) and its validation on sets it never saw."""
+    classifiers = data.get("classifiers") or {}
+    if not classifiers:
+        return []
+    out = ["<h2>Classifiers on data they never saw</h2>",
+           "<p>Held-out metrics come from the classifier's own training data; the validation sets are labelled "
+           "documents it never trained on. Recall at k%: the share of a positive set scoring at or above the "
+           "threshold that keeps k% of the validation negatives (for a negative set: its share kept).</p>"]
+    for column, c in classifiers.items():
+        held = c.get("heldout_metrics") or {}
+        out.append(f"<h3>{escape(column)}</h3><p>held out: ROC-AUC {_num(held.get('roc_auc'), 3)}, F1 "
+                   f"{_num(held.get('f1'), 3)} ({escape(c['model'])})</p>")
+        block = c.get("validation")
+        if block is None:
+            out.append('<p class="note">Not validated: run <code>trait classifier evaluate</code> on labelled sets '
+                       "it never trained on (or give the pipeline selection.validation).</p>")
+            continue
+        keeps = list(block["thresholds"])
+        rows = []
+        for name, s in block["sets"].items():
+            at = s.get("recall_at_keep") or s.get("kept_at_keep")
+            ci = s.get("roc_auc_ci95") or [None, None]
+            rows.append([escape(name), escape(s["label"]), _num(s["n"]), _num(s["roc_auc"], 3),
+                         f"{_num(ci[0], 3)}&ndash;{_num(ci[1], 3)}", *(_num(at[k], 3) for k in keeps)])
+        out.append(_table(["set", "label", "n", "ROC-AUC", "95% CI", *(f"@{k}% neg" for k in keeps)], rows, left=2))
+        out.append("<p>thresholds: " + ", ".join(f"{k}% &rarr; {_num(t)}" for k, t in block["thresholds"].items())
+                   + f" (part: {escape(block.get('part', 'all'))})</p>")
+    return out
+
+
 def _samples_section(data: dict) -> list[str]:
     out = ["<h2>Sample documents per score bucket</h2>",
            f"<p>Per bucket, the documents with the smallest sha1(seed:id); texts cut to "
@@ -186,7 +217,7 @@ def render_report(data: dict) -> str:
     parts += [f'<p class="note">{escape(note)}</p>' for key, note in data["notes"].items() if key != "grid"]
     if data["documents"]:
         parts += _columns_section(data) + _grid_section(data)
-    parts += _validation_section(data)
+    parts += _classifiers_section(data) + _validation_section(data)
     if data["documents"]:
         parts += _samples_section(data)
     parts.append("</body></html>")

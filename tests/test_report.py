@@ -256,3 +256,37 @@ def test_skewed_scores_get_a_quantile_grid_and_a_log_histogram(spark):
     index = np.searchsorted(bounds, np.floor(domain * fine_bins), side="right") - 1
     assert log["docs"] == np.bincount(np.minimum(index, len(bounds) - 2), minlength=len(bounds) - 1).tolist()
     assert log["edges"][0] == 0 and log["edges"][-1] == 1 and sum(d > 0 for d in log["docs"]) >= 10
+
+
+def test_classifiers_validation_is_shown_for_the_model_that_scored(scored, tmp_path):
+    """A classifier judged on labelled sets it never saw has its validation table beside its held-out metrics; a
+    validation of a retrained model (another sha1) is not shown as this one's."""
+    from spark_jobs.classifier_eval import EvaluateConfig, evaluate_classifier
+    from spark_jobs.report import classifier_validation
+    from spark_jobs.report_html import render_report
+    from trait.contract import write_text_dataset
+
+    manifest = json.loads((Path(scored) / "manifest.json").read_text())
+    models = manifest["config"]["models"]
+    copy = tmp_path / "domain_math"  # the session's classifier stays unvalidated for the other tests
+    shutil.copytree(models[0], copy)
+    manifest["config"]["models"] = [str(copy), *models[1:]]
+    before = classifier_validation(manifest)
+    assert before[D]["validation"] is None and before[D]["heldout_metrics"]["roc_auc"] > 0.5
+    unseen = write_text_dataset(tmp_path / "unseen_math", "math/x", [
+        f"Let $f(x) = x^{i}$; the derivative is ${i}x^{i - 1}$ by the power rule, a theorem of calculus."
+        for i in range(2, 12)])
+    general = write_text_dataset(tmp_path / "unseen_general", "wiki/x", [
+        f"The village of Example {i} lies on the river and had a population of {100 * i} at the census."
+        for i in range(12)])
+    evaluate_classifier(from_dict(EvaluateConfig, {"model": str(copy), "positive": [unseen], "negative": [general],
+                                                   "bootstrap": 20}))
+    shown = classifier_validation(manifest)
+    block = shown[D]["validation"]
+    assert set(block["sets"]) == {"unseen_math", "unseen_general"} and block["sets"]["unseen_math"]["n"] == 10
+    assert shown[Q]["validation"] is None
+    page = render_report({"input": scored, "documents": 0, "tokens": 0, "notes": {}, "classifiers": shown})
+    assert "Classifiers on data they never saw" in page and "unseen_math" in page
+    assert f"{block['sets']['unseen_math']['roc_auc']:.3f}" in page and "Not validated" in page
+    manifest["config"]["cards"][0]["model_sha1"] = "0" * 40  # the scores came from another model
+    assert classifier_validation(manifest)[D]["validation"] is None
