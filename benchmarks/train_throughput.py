@@ -7,7 +7,7 @@
 Both sides train the same model from the same weights on the same sequences in the same order, with the same
 batch arithmetic, optimizer, schedule and precision, each in a fresh process:
 
-- model: a Llama built by ``synth.tiny_model`` (hidden 256, 4 layers, 4 heads of 64, MLP 1024, its BPE vocabulary
+- model: a Llama built by ``trait.tiny_model`` (hidden 256, 4 layers, 4 heads of 64, MLP 1024, its BPE vocabulary
   of 2,048 tokens), random weights saved as a checkpoint and loaded by both through ``from_pretrained``; fp32,
   sdpa attention, no dropout. Matmul parameters N = 4 x (4 x 256^2 + 3 x 256 x 1024) + 2048 x 256 = 4.72M, so
   6 N + 12 L d T = 28.3M + 12 x 4 x 256 x 256 = 31.5M FLOPs per token: compute dominates any per-step overhead
@@ -102,11 +102,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def set_up(args, work: Path) -> tuple[Path, dict]:
     """The model directory and the TrainConfig (as a dict); tokenises the data into the shared token cache."""
-    from synth.tiny_model import TinyModelConfig, build_tiny_model
     from trainer.config import TrainConfig
     from trainer.data import prepare
     from trait.config import from_dict
     from trait.contract import write_text_dataset
+    from trait.tiny_model import TinyModelConfig, build_tiny_model
 
     model = build_tiny_model(TinyModelConfig(hidden_size=args.hidden, num_heads=args.heads, num_layers=args.layers,
                                              intermediate_size=args.intermediate,

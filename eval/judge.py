@@ -1,6 +1,6 @@
 """Win rate of generated product titles against a reference system's, judged pairwise by an LLM.
 
-The judge is the synth generator's endpoint (``synth.server.VllmServer``: a configured OpenAI-compatible URL, or a
+The judge is an OpenAI-compatible endpoint (``trait.serving.server.VllmServer``: a configured URL, or a
 local vLLM server started for the run and stopped after it). Each item is judged twice, with the evaluated title
 first (as A) and then second (as B), so a judge that prefers a position cancels out. A judgement is one of
 win / loss / tie for the evaluated system, or unparsed with a reason (``empty_reply``, ``no_verdict`` when the
@@ -19,9 +19,9 @@ import re
 from collections import Counter
 
 from eval.metrics import bootstrap_ci
-from synth.client import ChatRequest, GenerationError, run_chat_many
-from synth.server import VllmServer
 from trait import UserError
+from trait.serving.client import ChatRequest, GenerationError, run_chat_many
+from trait.serving.server import VllmServer
 
 SYSTEM = "You compare two product titles written for the same product. Reply with one word: A, B or tie."
 PROMPT = ("Product description:\n{description}\n\nTitle A: {a}\nTitle B: {b}\n\n"

@@ -224,7 +224,7 @@ def _strip(answer):
 def _judge(raw: dict, samples: dict, opts: EvalOptions, scores: dict) -> dict:
     """Win rates for the tasks whose metadata asks for a judge; returns {task: judge result with details}."""
     from eval.judge import judge_titles, reference_titles
-    from synth.server import ServerConfig, VllmServer
+    from trait.serving.server import ServerConfig, VllmServer
 
     wanted = [t for t in samples if (raw["configs"][t].get("metadata") or {}).get("judge") == "pairwise_title"]
     judged = {}

@@ -30,15 +30,15 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from synth.client import ChatRequest, request_sampling, run_chat_many, too_long_for_context
 from synth.generate import run_fingerprint
 from synth.passage import parse_annotation
 from synth.prompts import DEFAULT_ANNOTATE_TEMPLATE, OUTPUT_FORMATS, render_annotate_prompt
-from synth.server import ServerConfig, VllmServer
 from synth.store import ChunkStore
 from trait.config import ConfigError, field, to_dict
 from trait.contract import BASE_FIELDS, ContractError, finished_dataset
 from trait.outputs import check_output
+from trait.serving.client import ChatRequest, request_sampling, run_chat_many, too_long_for_context
+from trait.serving.server import ServerConfig, VllmServer
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from synth.client import ChatRequest, request_sampling, run_chat_many, too_long_for_context
 from synth.grouping import GroupingConfig, ProblemGroup, group_problems
 from synth.passage import PARSE_REASONS
 from synth.prompts import DEFAULT_PASSAGE_TEMPLATE, PromptProblem, render_passage_prompt
-from synth.server import ServerConfig, VllmServer
 from synth.store import ROW_SCHEMA, ChunkStore, passage_id
 from synth.tasks import load_definitions, load_problems, task_files
 from synth.validate import PassageValidator, ValidationConfig, Verdict
@@ -40,6 +38,8 @@ from trait.config import ConfigError, field, to_dict
 from trait.contract import QUARANTINE_DIR
 from trait.outputs import check_folder
 from trait.progress import ProgressLog
+from trait.serving.client import ChatRequest, request_sampling, run_chat_many, too_long_for_context
+from trait.serving.server import ServerConfig, VllmServer
 
 log = logging.getLogger(__name__)
 

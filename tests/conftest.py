@@ -102,8 +102,8 @@ def scored(spark, small_corpus, classifiers, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A tiny random Llama (synth.tiny_model, ~344k parameters) in a Hugging Face directory."""
-    from synth.tiny_model import TinyModelConfig, build_tiny_model
+    """A tiny random Llama (trait.tiny_model, ~344k parameters) in a Hugging Face directory."""
+    from trait.tiny_model import TinyModelConfig, build_tiny_model
 
     return build_tiny_model(TinyModelConfig(), cache_dir=tmp_path_factory.mktemp("models"))
 

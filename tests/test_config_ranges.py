@@ -16,9 +16,9 @@ def _cases():
     from synth.annotate import AnnotateConfig
     from synth.generate import SynthConfig
     from synth.grouping import GroupingConfig
-    from synth.server import ServerConfig
-    from synth.tiny_model import TinyModelConfig
     from synth.validate import ValidationConfig
+    from trait.serving.server import ServerConfig
+    from trait.tiny_model import TinyModelConfig
 
     return [
         (SynthConfig, {**TASKS, "limit": 0}, "limit must be >= 1, or null for no limit; got 0"),

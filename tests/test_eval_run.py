@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from synth.server import ServerConfig, VllmServer, free_port
+from trait.net import free_port
+from trait.serving.server import ServerConfig, VllmServer
 
 from .support.cli import trait
 from .support.vllm import needs_vllm

@@ -148,7 +148,7 @@ def test_gemma_chat_template_renders_the_turn_format():
 
 
 def test_server_passes_the_chat_template(tmp_path):
-    from synth.server import ServerConfig, ServerError, VllmServer
+    from trait.serving.server import ServerConfig, ServerError, VllmServer
 
     python = sys.executable  # any interpreter: the command is built, not run
     cmd = VllmServer(ServerConfig(vllm_python=str(python), chat_template="infra/vllm/gemma_chat.jinja"))._command(

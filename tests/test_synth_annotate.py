@@ -77,7 +77,7 @@ def test_cli_reports_a_missing_input_without_a_trace(tmp_path, capsys):
 
 
 def test_each_document_gets_its_own_reproducible_seed():
-    from synth.client import request_sampling
+    from trait.serving.client import request_sampling
 
     sampling = {"temperature": 1.0, "seed": 0}
     a, b = request_sampling(sampling, "doc-a"), request_sampling(sampling, "doc-b")

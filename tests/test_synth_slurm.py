@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from synth.server import REPO_ROOT
 from trait.contract import QUARANTINE_DIR, finished_dataset, validate_table
+from trait.serving.server import REPO_ROOT
 
 from .support.slurm import SlurmCluster, slurm_cluster
 from .support.vllm import needs_vllm

@@ -199,8 +199,8 @@ def test_decontamination_rejects_a_quoted_gsm8k_test_question():
 def test_real_vllm_structured_passages_always_parse():
     """The tiny random-weight model through a real vLLM server: the schema (count and indices pinned by
     prefixItems, maxLength so strings must close) makes every output parse, and validation then judges it."""
-    from synth.client import ChatRequest, GeneratorClient
-    from synth.server import VllmServer
+    from trait.serving.client import ChatRequest, GeneratorClient
+    from trait.serving.server import VllmServer
 
     with open(SHARED_DATA / "benchmarks" / "gsm8k" / "train.jsonl", encoding="utf-8") as fh:
         rows = [json.loads(next(fh)) for _ in range(8)]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from synth.server import free_port
 from trainer import checkpoint
+from trait.net import free_port
 
 from .conftest import REPO
 from .support.slurm import slurm_cluster

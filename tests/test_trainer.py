@@ -1,4 +1,4 @@
-"""The trainer with real DeepSpeed ZeRO-1 on CPU: a tiny random Llama (synth.tiny_model, ~344k parameters, loaded
+"""The trainer with real DeepSpeed ZeRO-1 on CPU: a tiny random Llama (trait.tiny_model, ~344k parameters, loaded
 by transformers like a real checkpoint) and tiny contract datasets cut from ../shared/data.
 
 Fast tests (config, derived DeepSpeed config, schedule, FLOPs, checkpoint selection, CLI errors) run in seconds.
@@ -288,7 +288,7 @@ def test_exports_load_with_transformers(run_a, tiny_model):
 def test_export_is_served_by_vllm(run_a, tmp_path):
     import httpx
 
-    from synth.server import ServerConfig, VllmServer
+    from trait.serving.server import ServerConfig, VllmServer
 
     final = run_a / "task_alignment" / "final"
     with VllmServer(ServerConfig(model=str(final), max_model_len=512), log_path=tmp_path / "vllm.log") as server:

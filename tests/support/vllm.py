@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synth.server import REPO_ROOT, ServerConfig
+from trait.serving.server import REPO_ROOT, ServerConfig
 
 VLLM_PYTHON = REPO_ROOT / ServerConfig().vllm_python
 # The one skip condition of every test that starts a real vLLM server.

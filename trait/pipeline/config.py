@@ -77,7 +77,7 @@ class TrainingConfig:
     knowledge: dict = field(help="stage 1: a trainer StageConfig without data.sources (filled per arm)")
     model: str = field("tiny", help="base model: a Hugging Face directory, or 'tiny' (the embedded random-weight "
                        "Llama, first pre-trained on the general pool by the 'pretrain' stage)")
-    tiny_model: dict = field(default_factory=dict, help="synth.tiny_model.TinyModelConfig of the 'tiny' base")
+    tiny_model: dict = field(default_factory=dict, help="trait.tiny_model.TinyModelConfig of the 'tiny' base")
     pretrain: dict | None = field(None, help="'tiny' base only: a trainer StageConfig without data.sources, trained "
                                   "on the general pool before every arm (so 'base' knows general text)")
     task_alignment: dict | None = field(None, help="stage 2: a trainer StageConfig without data.sources")
@@ -221,9 +221,9 @@ class PipelineConfig:
         from spark_jobs.report import ReportConfig
         from spark_jobs.score import ScoreConfig
         from spark_jobs.select import SelectConfig
-        from synth.tiny_model import TinyModelConfig
         from trait.decontam import DecontamConfig
         from trait.minhash import DedupConfig
+        from trait.tiny_model import TinyModelConfig
 
         out = {"ingest_seed": from_dict(IngestConfig, self.inputs.seed, "inputs.seed"),
                "ingest_pool": from_dict(IngestConfig, self.inputs.pool, "inputs.pool")}

@@ -37,7 +37,7 @@ KIND_CODE = {
     "synth": ["synth/generate.py", "synth/grouping.py", "synth/prompts.py", "synth/validate.py", "synth/passage.py",
               "synth/store.py", "synth/tasks.py"],
     "strip_enlightenment": ["synth/passage.py", "trait/pipeline/steps.py"],
-    "base_model": ["synth/tiny_model.py", "trainer/train.py", "trainer/data.py"],
+    "base_model": ["trait/tiny_model.py", "trainer/train.py", "trainer/data.py"],
     "train": ["trainer/train.py", "trainer/data.py", "trainer/mixture.py", "trainer/token_cache.py",
               "trainer/source_files.py", "trainer/engine.py", "trainer/model.py"],
     "eval": ["eval/run.py", "eval/bpb.py", "eval/metrics.py", "eval/math_tasks.py"],

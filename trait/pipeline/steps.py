@@ -215,7 +215,7 @@ def tokens_by_source(stage_summary: dict) -> dict:
 
 
 def base_model(ctx, stage) -> dict:
-    from synth.tiny_model import TinyModelConfig, build_tiny_model
+    from trait.tiny_model import TinyModelConfig, build_tiny_model
 
     tiny = build_tiny_model(from_dict(TinyModelConfig, stage.config["tiny_model"]),
                             cache_dir=Path(stage.output).parent / "tiny")

@@ -1,9 +1,13 @@
-"""The embedded default generator: a tiny random-weight Llama with a BPE tokenizer trained on local text.
+"""The tiny model: a random-weight Llama with a BPE tokenizer trained on local text.
+
+It is the embedded default generator (``trait.serving.server`` serves it when no model is configured), the tiny
+base model of the pipeline's smoke configs, and the model of the tests.
 
 Nothing is downloaded. The tokenizer is a byte-level BPE trained with ``tokenizers`` on GSM8K train questions and
 the first Wikipedia articles in ``../shared/data`` (or any text given), saved as a Hugging Face fast tokenizer
 with a chat template so vLLM's OpenAI chat endpoint works. The weights are drawn with numpy and written with
-``safetensors.numpy``: synth/ never imports torch. vLLM loads the directory exactly as it loads a real checkpoint.
+``safetensors.numpy``: no torch (synth/ never imports it). vLLM loads the directory exactly as it loads a real
+checkpoint.
 
 The model is deterministic by seed and cached in a directory named by a hash of its settings, so a second call
 with the same settings returns at once (~0.01 s) and a first build takes ~1-2 s.

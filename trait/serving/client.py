@@ -106,7 +106,7 @@ class GeneratorClient:
 
     @classmethod
     def for_server(cls, server, **kwargs) -> GeneratorClient:
-        """A client for a started ``synth.server.VllmServer`` (its URL, served model and API key)."""
+        """A client for a started ``trait.serving.server.VllmServer`` (its URL, served model and API key)."""
         return cls(server.base_url, server.model, api_key=server.api_key, **kwargs)
 
     def __repr__(self) -> str:  # never the key

@@ -2,7 +2,7 @@
 
 ``VllmServer`` is a context manager. With ``endpoint`` set it only checks the URL and finds the model name. Without
 it, it starts ``<vllm_python> -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 and a free port in its own
-process group (the vLLM environment is separate: synth/ never imports vLLM or torch), waits for ``GET /health``,
+process group (the vLLM environment is separate: this process never imports vLLM or torch), waits for ``GET /health``,
 fails fast with the log tail if the process dies, and stops the whole group (SIGTERM, then SIGKILL after
 ``stop_grace_s``) on exit, on error, on Ctrl-C and on SIGTERM of the parent. If the parent is SIGKILLed, a watchdog
 thread inside the server process notices and stops the group the same way, so no engine is left running.
@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,12 +32,13 @@ from pathlib import Path
 
 import httpx
 
-from synth.tiny_model import TinyModelConfig, build_tiny_model
 from trait import UserError
 from trait.config import ConfigError, field
+from trait.net import free_port
+from trait.tiny_model import TinyModelConfig, build_tiny_model
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Runs the server module with a watchdog thread: when the parent that started it dies (even by SIGKILL, when no
 # cleanup code of the parent runs), it SIGTERMs its own process group (server, engine core, workers), then SIGKILLs
 # it after the grace period. A plain PR_SET_PDEATHSIG is not enough: a server still starting up ignores SIGTERM.
@@ -100,13 +100,6 @@ class ServerConfig:
         if not 0 < self.startup_timeout_s < math.inf or not 0 <= self.stop_grace_s < math.inf:
             raise ConfigError(f"server: startup_timeout_s must be a positive number of seconds and stop_grace_s "
                               f">= 0, got {self.startup_timeout_s} and {self.stop_grace_s}")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the server binds it right after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def root_url(endpoint: str) -> str:
@@ -321,7 +314,7 @@ def _group_alive(pgid: int, leader: subprocess.Popen) -> bool:
     return True
 
 
-if __name__ == "__main__":  # python -m synth.server: serve the embedded model until Ctrl-C
+if __name__ == "__main__":  # python -m trait.serving.server: serve the embedded model until Ctrl-C
     logging.basicConfig(level=logging.INFO)
     with VllmServer() as server:
         print(f"serving {server.model} at {server.base_url}/v1 (Ctrl-C stops)", file=sys.stderr)
