@@ -1,11 +1,12 @@
-"""``trait train`` / ``python -m trainer.train``: the stages of a TrainConfig, in order, with DeepSpeed ZeRO-1.
+"""The training loop of ``trait train``: the stages of a TrainConfig, in order, with DeepSpeed ZeRO-1.
 
-One process: ``python -m trainer.train --config X.yaml``. N local processes: ``trait train --nproc N`` (torchrun
-with this module as the entry point). Slurm: ``sbatch infra/slurm/train.sbatch X.yaml``, one ``torchrun --nnodes
-... --rdzv-backend c10d -m trainer.train`` per node started by srun; it requeues itself after a pre-emption stop.
-Each stage: load the initial weights (base model, or the previous stage's export), tokenise and pack the stage's
-mixture (``trainer.data.prepare``), resume from the newest complete checkpoint if any, train
-``ceil(token_budget / (global_batch_size x seq_len))`` optimizer steps, export ``<stage>/final``.
+``run_training`` runs in every process of a run: one process (``trait train``), N local processes under torchrun
+(``trait train --nproc N``; trainer/launch.py), or one torchrun per node under Slurm (``sbatch
+infra/slurm/train.sbatch X.yaml``, which requeues itself after a pre-emption stop). ``python -m trainer.train`` is
+the workers' command line: ``trait train``'s own parser. Each stage: load the initial weights (base model, or the
+previous stage's export), tokenise and pack the stage's mixture (``trainer.data.prepare``), resume from the newest
+complete checkpoint if any, train ``ceil(token_budget / (global_batch_size x seq_len))`` optimizer steps, export
+``<stage>/final``.
 
 SIGTERM or SIGUSR1 (pre-emption; Slurm's ``--signal``) make every rank checkpoint at the next step boundary and
 exit with code 75 (EX_TEMPFAIL); rerunning the same command resumes there.
@@ -13,26 +14,22 @@ exit with code 75 (EX_TEMPFAIL); rerunning the same command resumes there.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
 import logging
-import os
 import random
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from trainer import checkpoint
 from trainer.config import StageConfig, TrainConfig, check_inputs
-from trainer.engine import Dist, accumulation_steps, build_engine, init_distributed, lr_factor, resolve_precision
+from trainer.engine import Dist, build_engine, init_distributed, lr_factor, resolve_precision
 from trainer.metrics import MetricsLogger, detect_peak_flops, matmul_params, mfu, model_flops_per_token
 from trainer.model import drop_exports_after, export_model, load_model, step_export_dir, verified_export
-from trait import UserError
-from trait.config import ConfigError, load, to_dict
+from trait.config import ConfigError, to_dict
 
 log = logging.getLogger("trainer")
 
@@ -353,68 +350,7 @@ def run_training(config: TrainConfig, resume: str = "auto") -> dict:
     return result
 
 
-def torchrun_command(config_path: str, nproc: int, resume: str, rdzv_port: int) -> list[str]:
-    """torchrun for ``nproc`` local processes with this module as the entry point, meeting at the rendezvous store
-    on 127.0.0.1:``rdzv_port`` as a client (``launch_local`` serves it: torchrun's own would listen on every
-    interface); run it with ``trainer.rendezvous.TORCHRUN_ENV``. SIGUSR1 is forwarded like SIGTERM."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
-            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{rdzv_port}", f"--rdzv-id={uuid.uuid4()}",
-            "--rdzv-conf=is_host=0", "--local-addr=127.0.0.1",  # the workers' MASTER_ADDR
-            "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
-            # after forwarding a signal torchrun waits this long before SIGKILL: time for the stop checkpoint
-            # (a 1B model's ZeRO-1 checkpoint is ~13 GB: tens of seconds to write and hash)
-            "--shutdown-timeout=300",
-            "-m", "trainer.train", "--config", str(config_path), "--resume", resume]
+if __name__ == "__main__":  # torchrun's and Slurm's worker command line: the same parser as `trait train`
+    from trait.cli import main
 
-
-def launch_local(config_path: str, nproc: int, resume: str) -> int:
-    """Run torchrun with ``nproc`` processes and wait; SIGTERM/SIGUSR1 sent to this process reach the workers
-    (through torchrun). Returns torchrun's exit code. Everything the run listens on is on 127.0.0.1: the
-    rendezvous store (served here, on a free port), the workers' process group store and their collectives."""
-    import subprocess
-    from datetime import timedelta
-
-    from trainer.rendezvous import TORCHRUN_ENV, store_server
-
-    if nproc < 1:
-        raise ConfigError(f"--nproc {nproc}: give the number of local processes, >= 1")
-    config = load(TrainConfig, config_path)
-    check_inputs(config)  # a config or input error is reported here, once, not by N workers
-    checkpoint.check_output_dir(config)
-    for stage in config.stages:
-        accumulation_steps(stage, nproc)  # global_batch_size divisible by micro_batch_size x nproc
-    store = store_server("127.0.0.1", 0, timedelta(seconds=60))  # held open while torchrun runs
-    proc = subprocess.Popen(torchrun_command(config_path, nproc, resume, store.port),
-                            env={**os.environ, **TORCHRUN_ENV})
-    forward = {sig: signal.signal(sig, lambda s, f: proc.send_signal(s)) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        return proc.wait()
-    finally:
-        for sig, handler in forward.items():
-            signal.signal(sig, handler)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="YAML TrainConfig")
-    p.add_argument("--resume", default="auto", choices=["auto", "never"],
-                   help="auto: continue from the newest complete checkpoint / skip finished stages (default)")
-    args = p.parse_args(argv)
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        result = run_training(load(TrainConfig, args.config), args.resume)
-    except UserError as exc:
-        print(f"trainer: error: {exc}", file=sys.stderr)
-        return 2
-    except Preempted as exc:
-        log.warning("%s", exc)
-        return PREEMPTED_EXIT
-    if rank == 0:
-        print(json.dumps(result["counts"], indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

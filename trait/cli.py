@@ -14,10 +14,8 @@ import importlib
 import json
 import logging
 import sys
-import tempfile
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from trait import UserError
@@ -233,24 +231,10 @@ def _synth_annotate(cfg, args) -> dict:
     return run_annotate(cfg, args.input, args.output)
 
 
-def _train(cfg, args) -> dict:
-    from trainer.train import PREEMPTED_EXIT, Preempted, launch_local, run_training
+def _train(cfg, args) -> dict | None:
+    from trainer.launch import run_train
 
-    if args.nproc > 1:  # torchrun with `python -m trainer.train` as the entry point; it writes the summary
-        with tempfile.TemporaryDirectory(prefix="trait-train-") as tmp:
-            resolved = Path(tmp, "train_config.yaml")  # the workers read the config as resolved here (JSON is YAML)
-            resolved.write_text(json.dumps(to_dict(cfg)))
-            code = launch_local(str(resolved), args.nproc, args.resume)
-        if code:
-            print(f"trait: training stopped (torchrun exit {code}); rerun with --resume auto to continue from the "
-                  "newest complete checkpoint", file=sys.stderr)
-            sys.exit(code)
-        return json.loads(Path(cfg.output_dir, "summary.json").read_text(encoding="utf-8"))
-    try:
-        return run_training(cfg, args.resume)
-    except Preempted as exc:
-        print(f"trait: {exc}; rerun to resume", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT)
+    return run_train(cfg, args.nproc, args.resume)
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:

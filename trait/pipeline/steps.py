@@ -188,7 +188,7 @@ def _train(ctx, name: str, body: dict) -> dict:
     import subprocess
     import sys
 
-    from trainer.train import launch_local
+    from trainer.launch import launch_local
     from trait import UserError
 
     config = _write_yaml(ctx, name, body)
