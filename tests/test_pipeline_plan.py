@@ -139,11 +139,35 @@ def test_code_change_is_a_reason(tmp_path, monkeypatch):
     ("training.knowledge_mixture.selectd=0.4", "unknown role 'selectd'; did you mean 'selected'?"),
     ("training.knowledge.lrr=1", "unknown key 'lrr'"),
     ("training.task_alignment=null", "need training.task_alignment"),
+    ("selection.validation.domain_mat={}", "no classifier named 'domain_mat'; did you mean 'domain_math'?"),
+    ("selection.validation.domain_math.sets.0.path=seed", "seed is training data; validate on seed_heldout"),
+    ("selection.validation.domain_math.model=x", "validation.domain_math.model is the pipeline's classifier"),
+    ("selection.classifiers.0.positives.0.path=seed_heldout", "seed_heldout is held out for evaluation"),
+    ("inputs.datasets.pool={}", "'pool' is the name of a pipeline dataset"),
 ])
 def test_config_errors(tmp_path, override, message):
     with pytest.raises(ConfigError) as info:
         config(tmp_path, override)
     assert message in str(info.value)
+
+
+def test_classifiers_are_validated_on_datasets_nothing_trains_on_before_the_report(tmp_path):
+    cfg = config(tmp_path)
+    by_name = {s.name: s for s in build_stages(cfg)}
+    data = Path(cfg.run_dir).resolve() / "data"
+    check = by_name["validate_domain_math"]
+    assert check.kind == "validate" and check.inputs[0] == "classifier_domain_math"
+    assert check.config["model"] == by_name["classifier_domain_math"].output
+    assert check.output == str(Path(check.config["model"]) / "validation.json")
+    paths = {s["name"]: s["path"] for s in check.config["sets"]}
+    assert paths["seed-heldout"] == str(data / "seed_heldout") and paths["wiki-heldout"] == str(data / "pool_heldout")
+    assert paths["openstax-contemporary"] == str(data / "input_unseen_math")
+    assert {"split_seed", "split_pool", "ingest_unseen_math", "ingest_tasks"} <= set(check.inputs)
+    # the task problems are positives of the classifier too: the validation drops those it trained on
+    positives = by_name["classifier_domain_math"].config["positives"]
+    assert str(data / "input_tasks") in [p["path"] for p in positives] and check.config["exclude_training"]
+    assert "validate_domain_math" in by_name["report"].inputs
+    assert "validate_quality_edu" not in by_name  # no labelled sets given for it
 
 
 def test_paper_scale_config_validates_and_plans(tmp_path):
@@ -190,3 +214,17 @@ def test_fingerprints_do_not_depend_on_the_process(tmp_path):
                                       cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed}).stdout)
             for seed in ("1", "2")]
     assert runs[0] == runs[1]
+
+
+def test_only_runs_stages_whose_inputs_finished_or_run_before_them(tmp_path, monkeypatch):
+    from trait import UserError
+    from trait.pipeline import run
+
+    cfg = config(tmp_path)
+    ran = []
+    monkeypatch.setattr(run, "run_one", lambda d, ctx: ran.append(d.stage.name))  # the order, not the jobs
+    with pytest.raises(UserError, match="decontaminate_seed needs ingest_seed, which has not finished"):
+        run.run_stages(cfg, only=["decontaminate_seed"])
+    assert ran == []
+    run.run_stages(cfg, only=["split_seed", "ingest_seed", "decontaminate_seed"])
+    assert ran == ["ingest_seed", "decontaminate_seed", "split_seed"]

@@ -64,6 +64,22 @@ def test_ablation_table_has_every_arm_with_intervals(reference):
     assert (reference["run"] / "ablation.csv").read_text().splitlines()[0].startswith("arm,bpb_in_domain,")
 
 
+def test_domain_classifier_validation_is_in_the_table_the_report_and_the_output(reference):
+    """The classifier judged on sets nothing trained on, beside its held-out metrics: in ablation.json/.md, the
+    printed output and the threshold report; the task problems it trained on were dropped from the task sets."""
+    checks = reference["table"]["classifiers"]["score_domain_math_v1"]
+    assert set(checks["sets"]) == {"seed-heldout", "openstax-contemporary", "gsm8k-train", "math-train",
+                                   "web-heldout"}
+    assert checks["sets"]["openstax-contemporary"]["n"] > 100 and checks["heldout_metrics"]["roc_auc"] > 0.5
+    assert checks["sets"]["gsm8k-train"]["training_overlap_dropped"] > 0
+    assert all(0 <= s["roc_auc"] <= 1 for s in checks["sets"].values())
+    for text in ((reference["run"] / "ablation.md").read_text(), reference["stdout"]):
+        assert "held-out metrics of score_domain_math_v1" in text and "| openstax-contemporary | positive |" in text
+    report = json.loads((reference["run"] / "report" / "report.json").read_text())
+    assert set(report["classifiers"]["score_domain_math_v1"]["validation"]["sets"]) == set(checks["sets"])
+    assert report["classifiers"]["score_quality_edu_v1"]["validation"] is None
+
+
 def test_rerun_skips_every_stage(reference):
     proc = trait("pipeline", "plan", "--config", str(reference["config"]), env=ENV)
     assert proc.returncode == 0, proc.stderr

@@ -16,13 +16,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def reduced_config(root: Path) -> Path:
     cfg = yaml.safe_load(TINY.read_text())
-    data = "${data}/corpora"
     cfg["run_dir"] = str(root / "run")
-    cfg["inputs"]["seed"]["inputs"] = [{"path": f"{data}/math/openstax/*.jsonl.gz", "source": "math/openstax",
-                                        "url_field": None}]
+    cfg["inputs"]["seed"]["inputs"] = [i for i in cfg["inputs"]["seed"]["inputs"] if "openstax" in i["path"]]
     cfg["inputs"]["pool"]["inputs"] = [i for i in cfg["inputs"]["pool"]["inputs"] if "enwiki" not in i["path"]]
     cfg["inputs"]["heldout"] = {"seed_docs": 40, "pool_docs": 40, "seed": 0}
     domain, quality = cfg["selection"]["classifiers"]
+    checks = cfg["selection"]["validation"]["domain_math"]
+    checks["sets"] = [s for s in checks["sets"] if s["name"] != "wiki-heldout"]  # the pool has no Wikipedia here
     domain["negatives"] = [{"path": "pool"}]
     quality["positives"] = [{"path": "seed", "max_docs": 150},
                             {"path": "pool", "sources": ["web/pile/Wikipedia (en)", "web/pile/PubMed Abstracts",

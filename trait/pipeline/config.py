@@ -6,7 +6,9 @@ has one definition and one help text. What the pipeline adds is only what joins 
 the arms, the stage-1/stage-2 mixtures and where the run lives.
 
 Datasets the pipeline makes are named, not pathed: a classifier's ``positives: [{path: seed}]`` means the
-pipeline's in-domain seed (training split), ``pool`` its general pool (training split).
+pipeline's in-domain seed (training split), ``pool`` its general pool (training split), and a name under
+``inputs.datasets`` that extra ingested dataset (task train problems as positives, labelled validation sets).
+A classifier's validation sets may also name ``seed_heldout`` and ``pool_heldout``, which nothing trains on.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from trait.config import ConfigError, field, from_dict
 
 # The paper's ablation rows, in table order.
 ARMS = ("base", "seed", "seed+random", "seed+dsir", "seed+trait", "trait", "trait_one_stage", "trait_no_enlightenment")
-# Pipeline datasets a stage config may name instead of a path.
+# Pipeline datasets a stage config may name instead of a path (besides inputs.datasets).
 NAMED_DATASETS = ("seed", "pool")
+HELDOUT_DATASETS = ("seed_heldout", "pool_heldout")
 STAGE1_ROLES = ("in_domain", "selected", "replay_general")
 STAGE2_ROLES = ("synthetic", "replay_general")
 
@@ -45,6 +48,10 @@ class InputsConfig:
     pool: dict = field(help="the general web pool to mine: an IngestConfig")
     tasks: list[str] = field(help="downstream tasks whose train problems seed the passages (synth/tasks/*.yaml)")
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig, help="held-out splits of seed and pool")
+    datasets: dict[str, dict] = field(default_factory=dict, help="more datasets by name, each an IngestConfig "
+                                      "(ingested only: no dedup, decontamination or split), that classifiers and "
+                                      "their validation sets may name: e.g. task train problems as positives, "
+                                      "labelled validation documents")
 
 
 @dataclass
@@ -62,6 +69,10 @@ class SelectionConfig:
     score: dict = field(default_factory=dict, help="spark_jobs.score.ScoreConfig beyond models (filled in)")
     report: dict | None = field(default_factory=dict, help="spark_jobs.report.ReportConfig of the threshold "
                                 "report; null: no report")
+    validation: dict[str, dict] = field(default_factory=dict, help="classifier name -> "
+                                        "spark_jobs.classifier_eval.EvaluateConfig without model: its labelled "
+                                        "validation sets (paths may name inputs.datasets, seed_heldout, "
+                                        "pool_heldout), shown in the threshold report and the run's table")
 
 
 @dataclass
@@ -216,6 +227,7 @@ class PipelineConfig:
         """Every embedded job config, built and validated by the job's own class (errors name the section)."""
         from spark_jobs.baselines import RandomConfig
         from spark_jobs.classifier import ClassifierConfig
+        from spark_jobs.classifier_eval import EvaluateConfig
         from spark_jobs.dsir import DsirConfig
         from spark_jobs.ingest import IngestConfig
         from spark_jobs.report import ReportConfig
@@ -227,6 +239,10 @@ class PipelineConfig:
 
         out = {"ingest_seed": from_dict(IngestConfig, self.inputs.seed, "inputs.seed"),
                "ingest_pool": from_dict(IngestConfig, self.inputs.pool, "inputs.pool")}
+        for name, body in self.inputs.datasets.items():
+            if name in (*NAMED_DATASETS, *HELDOUT_DATASETS):
+                raise ConfigError(f"inputs.datasets: {name!r} is the name of a pipeline dataset; choose another")
+            out[f"ingest_{name}"] = from_dict(IngestConfig, body, f"inputs.datasets.{name}")
         if self.cleaning.dedup is not None:
             out["dedup"] = from_dict(DedupConfig, self.cleaning.dedup, "cleaning.dedup")
         if self.cleaning.decontaminate is not None:
@@ -238,6 +254,24 @@ class PipelineConfig:
             out[f"classifier_{cfg.name}"] = cfg
         if len(set(names)) != len(names):
             raise ConfigError(f"selection.classifiers: names must differ, got {names}")
+        for i, c in enumerate(self.selection.classifiers):
+            for side in ("positives", "negatives", "labelled"):
+                for ref in c.get(side) or []:
+                    path = ref if isinstance(ref, str) else ref.get("path")
+                    if path in HELDOUT_DATASETS:
+                        raise ConfigError(f"selection.classifiers[{i}].{side}: {path} is held out for evaluation; "
+                                          "train on seed, pool or inputs.datasets")
+        for name, body in self.selection.validation.items():
+            if name not in names:
+                raise ConfigError(f"selection.validation: no classifier named {name!r}{_hint(name, names)}")
+            if "model" in body:
+                raise ConfigError(f"selection.validation.{name}.model is the pipeline's classifier; remove it")
+            out[f"validate_{name}"] = from_dict(EvaluateConfig, {"model": "<pipeline>", **body},
+                                                f"selection.validation.{name}")
+            for s in out[f"validate_{name}"].all_sets():
+                if s.path in NAMED_DATASETS:
+                    raise ConfigError(f"selection.validation.{name}: {s.path} is training data; validate on "
+                                      f"{', '.join(HELDOUT_DATASETS)} or inputs.datasets")
         out["score"] = from_dict(ScoreConfig, {"models": names, **self.selection.score}, "selection.score")
         out["select"] = from_dict(SelectConfig, self.selection.select, "selection.select")
         if self.selection.report is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trait.config import to_dict
 
-from .config import NAMED_DATASETS, STAGE1_ROLES, PipelineConfig, stage_from_template
+from .config import HELDOUT_DATASETS, STAGE1_ROLES, PipelineConfig, stage_from_template
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,6 +29,7 @@ KIND_CODE = {
     "decontaminate": ["spark_jobs/decontaminate.py", "trait/decontam.py"],
     "split": ["spark_jobs/split.py"],
     "classifier": ["spark_jobs/classifier.py", "spark_jobs/text.py"],
+    "validate": ["spark_jobs/classifier_eval.py", "spark_jobs/classifier.py", "spark_jobs/text.py"],
     "score": ["spark_jobs/score.py", "spark_jobs/text.py"],
     "select": ["spark_jobs/select.py"],
     "report": ["spark_jobs/report.py", "spark_jobs/report_stats.py", "spark_jobs/report_html.py"],
@@ -160,28 +161,43 @@ def build_stages(cfg: PipelineConfig, run_dir: str | Path | None = None) -> list
         b.add(f"split_{which}", "split", {"input": current, "heldout_docs": held, "seed": cfg.inputs.heldout.seed},
               {"train": d(f"{which}_train"), "heldout": d(f"{which}_heldout")}, [current])
         clean[which] = d(f"{which}_train")
+    named = {**clean, **{name: d(name) for name in HELDOUT_DATASETS}}
+    for name in cfg.inputs.datasets:
+        ingest = to_dict(jobs[f"ingest_{name}"])
+        named[name] = d(f"input_{name}")
+        b.add(f"ingest_{name}", "ingest", ingest, {"data": named[name]},
+              external=[s["path"] for s in ingest["inputs"]])
 
-    # Classifiers on the training splits, scoring, the TRAIT selection and its baselines at the same budget.
-    models = []
+    def resolve(refs: list[dict]) -> list[str]:
+        for ref in refs:
+            ref["path"] = named.get(ref["path"], ref["path"])
+        return [ref["path"] for ref in refs]
+
+    # Classifiers on the training splits (and their validation on data they never saw), scoring, the TRAIT
+    # selection and its baselines at the same budget.
+    models, validations = [], []
     for key, job in jobs.items():
         if not key.startswith("classifier_"):
             continue
         body = to_dict(job)
-        for side in ("positives", "negatives", "labelled"):
-            for ref in body[side]:
-                if ref["path"] in NAMED_DATASETS:
-                    ref["path"] = clean[ref["path"]]
         out = b.path("models", job.name)
-        b.add(key, "classifier", body, {"model": out}, [r["path"] for s in ("positives", "negatives", "labelled")
-                                                          for r in body[s]])
+        b.add(key, "classifier", body, {"model": out}, [p for s in ("positives", "negatives", "labelled")
+                                                        for p in resolve(body[s])])
         models.append(out)
+        if f"validate_{job.name}" in jobs:
+            check = jobs[f"validate_{job.name}"]
+            sets = [to_dict(v) for v in check.all_sets()]  # --positive/--negative specs as sets, to name paths
+            check = {**to_dict(check), "model": out, "sets": sets, "positive": [], "negative": []}
+            reads = resolve(sets)
+            validations.append(str(Path(out) / "validation.json"))
+            b.add(f"validate_{job.name}", "validate", check, {"validation": validations[-1]}, [out, *reads])
     score = {**to_dict(jobs["score"]), "models": models}
     b.add("score", "score", {"job": score, "input": clean["pool"]}, {"data": d("scored")}, [clean["pool"], *models])
     b.add("select", "select", {"job": to_dict(jobs["select"]), "input": d("scored")}, {"data": d("select_trait")},
           [d("scored")])
     if "report" in jobs:
         b.add("report", "report", {"job": to_dict(jobs["report"]), "input": d("scored")}, {"report": b.path("report")},
-              [d("scored")])
+              [d("scored"), *validations])
     selections = {"trait": d("select_trait")}
     for kind in ("random", "dsir"):
         body = {**to_dict(jobs[kind]), "token_budget": None, "budget_from": d("select_trait")}

@@ -76,6 +76,37 @@ def ablation_rows(ctx, stages: list[Stage]) -> tuple[list[dict], list[str]]:
     return rows, caveats
 
 
+def classifier_validation(ctx, stages: list[Stage]) -> dict[str, dict]:
+    """Per validated classifier: its held-out metrics (its own kind of data) and its finished validation."""
+    from spark_jobs.classifier_eval import markdown
+
+    records = _records(ctx, stages)
+    out = {}
+    for s in stages:
+        path = Path(s.output)
+        if s.kind != "validate" or records[s.name].get("status") != "done" or not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        card = json.loads((path.parent / "card.json").read_text())
+        out[result["model"]] = {"heldout_metrics": card.get("heldout_metrics"),
+                                "markdown": markdown(result, samples=False),
+                                "sets": {n: {k: v for k, v in v.items() if k != "samples"}
+                                         for n, v in result["sets"].items()},
+                                "thresholds": result["thresholds"], "part": result.get("part")}
+    return out
+
+
+def validation_markdown(classifiers: dict[str, dict]) -> str:
+    """The classifiers' held-out metrics beside their validation tables."""
+    lines = []
+    for column, c in classifiers.items():
+        held = c["heldout_metrics"] or {}
+        lines += ["", f"held-out metrics of {column} (its own kind of data): ROC-AUC {_fmt(held.get('roc_auc'), 3)}, "
+                      f"F1 {_fmt(held.get('f1'), 3)}; on labelled sets it never saw:", "",
+                  c["markdown"].replace("# Validation", "### Validation", 1).rstrip()]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def _columns(rows: list[dict]) -> tuple[list[str], list[str]]:
     tasks = sorted({k for r in rows for k in r["tasks"]})
     sources = sorted({k for r in rows for k in r["tokens_by_source"]})
@@ -170,7 +201,7 @@ def _summary_cell(summary: dict | None) -> str:
     return "<br>".join(html.escape(x) for x in shown)
 
 
-def index_html(ctx, stages: list[Stage], rows: list[dict], caveats: list[str]) -> str:
+def index_html(ctx, stages: list[Stage], rows: list[dict], caveats: list[str], validation: str) -> str:
     records = _records(ctx, stages)
     run = ctx.run_dir
     table_rows = []
@@ -198,6 +229,8 @@ def index_html(ctx, stages: list[Stage], rows: list[dict], caveats: list[str]) -
     selections = (f"<h2>Selections side by side</h2><pre>{html.escape(compared.read_text())}</pre>"
                   if compared.is_file() else "")
     caveat_html = "".join(f"<p class='caveat'><strong>Note:</strong> {html.escape(c)}</p>" for c in caveats)
+    if validation:
+        selections = f"<h2>Classifiers on data they never saw</h2><pre>{html.escape(validation)}</pre>" + selections
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>TRAIT pipeline: {html.escape(run.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;font-size:13px}}
@@ -224,10 +257,13 @@ pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style></head><body>
 def write_outputs(ctx, stages: list[Stage]) -> dict:
     """ablation.{json,csv,md} and index.html in the run folder; returns the rows."""
     rows, caveats = ablation_rows(ctx, stages)
+    classifiers = classifier_validation(ctx, stages)
     run = ctx.run_dir
     run.mkdir(parents=True, exist_ok=True)
-    (run / "ablation.json").write_text(json.dumps({"caveats": caveats, "rows": rows}, indent=1))
+    (run / "ablation.json").write_text(json.dumps({"caveats": caveats, "rows": rows, "classifiers": {
+        c: {k: v for k, v in entry.items() if k != "markdown"} for c, entry in classifiers.items()}}, indent=1))
     (run / "ablation.csv").write_text(ablation_csv(rows))
-    (run / "ablation.md").write_text(ablation_markdown(rows, caveats))
-    (run / "index.html").write_text(index_html(ctx, stages, rows, caveats))
+    validation = validation_markdown(classifiers)
+    (run / "ablation.md").write_text(ablation_markdown(rows, caveats) + validation)
+    (run / "index.html").write_text(index_html(ctx, stages, rows, caveats, validation))
     return {"rows": rows, "caveats": caveats}

@@ -148,7 +148,8 @@ def load_run(config: PipelineConfig, run_dir: str | None = None) -> tuple[list[S
 
 def run_stages(config: PipelineConfig, run_dir: str | None = None, only: list[str] | None = None) -> dict:
     """The local executor: every stage that must run, in order, in this process; then the ablation table and the
-    run's page. ``only``: run just these stages (their inputs must be finished), as a Slurm job does."""
+    run's page. ``only``: run just these stages, as a Slurm job does (each one's inputs must be finished, or be
+    among them)."""
     from .report import write_outputs
 
     stages, ctx = load_run(config, run_dir)
@@ -163,9 +164,9 @@ def run_stages(config: PipelineConfig, run_dir: str | None = None, only: list[st
     started = time.time()
     chosen = [d for d in decisions if only is None or d.stage.name in only]
     todo = [d for d in chosen if d.run]
-    for d in chosen:
-        if only is not None:
-            _check_inputs_done(d.stage, ctx)
+    for n, d in enumerate(chosen):
+        if only is not None:  # an input runs earlier in this call, or has finished
+            _check_inputs_done(d.stage, ctx, {e.stage.name for e in chosen[:n] if e.run})
         if not d.run:
             log.info("pipeline: %s: skip (%s)", d.stage.name, d.reason)
     try:
@@ -181,9 +182,9 @@ def run_stages(config: PipelineConfig, run_dir: str | None = None, only: list[st
             "ran": [d.stage.name for d in decisions if d.run and (only is None or d.stage.name in only)]}
 
 
-def _check_inputs_done(stage: Stage, ctx: Context) -> None:
+def _check_inputs_done(stage: Stage, ctx: Context, running_before: set[str]) -> None:
     by_name = {s.name: s for s in build_stages(ctx.config, ctx.run_dir)}
-    for name in stage.inputs:
+    for name in set(stage.inputs) - running_before:
         record = ctx.record(by_name[name])
         if not record or record.get("status") != "done" or record.get("fingerprint") != by_name[name].fingerprint:
             raise UserError(f"stage {stage.name} needs {name}, which has not finished with the current config; "

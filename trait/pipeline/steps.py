@@ -60,6 +60,16 @@ def classifier(ctx, stage) -> dict:
     return {"heldout_roc_auc": m["roc_auc"], "heldout_f1": m["f1"], "train_docs": card["data"]["train"]["n"]}
 
 
+def validate(ctx, stage) -> dict:
+    """The classifier against labelled sets it never trained on (``trait classifier evaluate``)."""
+    from spark_jobs.classifier_eval import EvaluateConfig, evaluate_classifier
+
+    result = evaluate_classifier(from_dict(EvaluateConfig, stage.config))
+    recall = {name: s["recall_at_keep"] for name, s in result["sets"].items() if s["label"] == "positive"}
+    return {"roc_auc": {name: round(s["roc_auc"], 4) for name, s in result["sets"].items()},
+            "recall_at_keep": recall}
+
+
 def select(ctx, stage) -> dict:
     from spark_jobs.select import SelectConfig, run_select
 
@@ -264,8 +274,8 @@ def datamap(ctx, stage) -> dict:
     return {"sources": len(cfg["sources"]), "png": result.get("png")}
 
 
-RUNNERS = {"ingest": ingest, "split": split, "classifier": classifier, "select": select, "report": report,
-           "dsir": dsir,
+RUNNERS = {"ingest": ingest, "split": split, "classifier": classifier, "validate": validate, "select": select,
+           "report": report, "dsir": dsir,
            "dedup": _spark_job("spark_jobs.dedup:run_dedup", "trait.minhash:DedupConfig"),
            "decontaminate": _spark_job("spark_jobs.decontaminate:run_decontaminate", "trait.decontam:DecontamConfig"),
            "score": _spark_job("spark_jobs.score:run_score", "spark_jobs.score:ScoreConfig", scheduler_only=True),
