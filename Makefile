@@ -36,14 +36,25 @@ lint: setup
 docs: setup
 	.venv/bin/python -m trait.docs
 
-# The edit loop: no server, daemon or Spark session. Left out: the slow markers, the test files that start a local
-# Spark session (directly or through the shared dataset fixtures) or a server without a marker, and two such tests in
-# files that are otherwise fast. `make test` runs them all.
+# The edit loop, under 3 minutes: no server, daemon or Spark session, and no test of more than ~15 s. Left out: the
+# slow markers, the test files that start a local Spark session (directly or through the shared dataset fixtures)
+# or a server without a marker, two such tests in files that are otherwise fast, and the slowest model-running
+# tests (a tiny model through lm-eval, the embedder, ranks in processes; 15-60 s each on the loaded 2-core machine).
+# `make test` runs them all.
 FAST_MARKERS = not (cluster or train or demo or vllm or slurm or pipeline or science)
-FAST_SKIP = baselines classifier compare contract_writers decontaminate dedup dsir ingest ingest_inputs \
+FAST_SKIP = baselines classifier compare contract_writers decontaminate dedup dsir eval_run ingest ingest_inputs \
 	ingest_property listeners output_guard output_writable packaging parquet_append report score select synth_server
 FAST_DESELECT = test_synth_validate.py::test_real_vllm_structured_passages_always_parse \
-	test_cli.py::test_the_chain_through_the_command_line
+	test_cli.py::test_the_chain_through_the_command_line \
+	test_eval_bpb.py::test_long_document_is_scored_in_windows \
+	test_eval_math_tasks.py::test_simple_evaluate_with_the_tiny_model \
+	test_trainer_data.py::test_two_ranks_preparing_at_once_build_once \
+	test_trainer_data.py::test_thread_workers_give_the_same_bytes_as_one \
+	test_eval_datamap.py::test_sampling_is_seeded_and_reads_every_kind_of_source \
+	test_eval_datamap.py::test_datamap_of_real_sources \
+	test_eval_agreement.py::test_math_verdicts_agree_with_minerva_math \
+	test_synth_embed_cache.py::test_second_run_reads_every_vector_from_disk \
+	test_synth_embed_cache.py::test_only_missing_texts_are_embedded_and_repeats_once
 test-fast: setup
 	.venv/bin/python -m pytest -n 2 -q -m "$(FAST_MARKERS)" $(FAST_SKIP:%=--ignore=tests/test_%.py) \
 		$(FAST_DESELECT:%=--deselect tests/%)
