@@ -85,6 +85,14 @@ def _stage_dict(**kw) -> dict:
             "data": {"sources": [{"name": "a", "path": "/nowhere", "weight": 1.0}], "seq_len": 64}, **kw}
 
 
+def test_token_cache_is_under_the_trait_cache_unless_configured(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRAIT_CACHE", str(tmp_path / "trait"))
+    assert from_dict(StageConfig, _stage_dict()).data.token_cache() == tmp_path / "trait" / "tokens"
+    stage = _stage_dict()
+    stage["data"]["cache_dir"] = str(tmp_path / "mine")
+    assert from_dict(StageConfig, stage).data.token_cache() == tmp_path / "mine"
+
+
 def test_deepspeed_config_is_derived_from_the_stage():
     stage = from_dict(StageConfig, _stage_dict(grad_clip=0.5))
     ds = deepspeed_config(stage, "bf16", world_size=2)

@@ -44,7 +44,7 @@ def check_output_dir(config: TrainConfig) -> None:
     data = [stage.data for stage in config.stages if stage.data is not None]
     out = Path(config.output_dir).resolve()
     # a token cache configured inside output_dir is the run's own too (its top folder there)
-    caches = [Path(d.cache_dir).resolve() for d in data]
+    caches = [d.token_cache().resolve() for d in data]
     own = [*RUN_FILES, *(stage.name for stage in config.stages),
            *(c.relative_to(out).parts[0] for c in caches if out in c.parents)]
     check_output(config.output_dir, inputs=[config.model, *(s.path for d in data for s in d.sources)], own=own,

@@ -35,6 +35,7 @@ import numpy as np
 from trainer.mixture import MixtureStream
 from trainer.token_cache import CHUNK_BYTES, CachedTokens, DataError, SourceFiles, load_tokenizer, tokenise_source
 from trait.config import ConfigError, field
+from trait.models import cache_root
 
 __all__ = ["DataConfig", "DataError", "MixtureStream", "PackedMixture", "PackedSource", "SourceConfig", "prepare"]
 
@@ -71,13 +72,17 @@ class DataConfig:
     sources: list[SourceConfig] = field(help="the stage's sources with their mixture weights")
     seq_len: int = field(2048, help="tokens per training sequence (packed; EOS between documents)")
     seed: int = field(0, help="seed of the within-source shuffles (the default for stream())")
-    cache_dir: str = field(".cache/trait/tokens", help="where tokenised sources are cached, keyed by inputs, "
-                           "tokenizer and seed (not by budget: a larger need extends the entry); shared by ranks, "
-                           "reruns and arms")
+    cache_dir: str | None = field(None, help="where tokenised sources are cached, keyed by inputs, tokenizer and "
+                                  "seed (not by budget: a larger need extends the entry); shared by ranks, reruns and "
+                                  "arms; empty: $TRAIT_CACHE/tokens, else ~/.cache/trait/tokens")
     num_workers: int = field(0, help="tokenisation processes; 0 = the CPUs this process may use")
     text_column: str = field("text", help="the column holding document text")
     long_documents: str = field("split", help="a document longer than seq_len tokens: 'split' cuts it across "
                                               "consecutive sequences, 'error' refuses to train")
+
+    def token_cache(self) -> Path:
+        """``cache_dir``, or the trait cache's ``tokens`` folder."""
+        return Path(self.cache_dir) if self.cache_dir else cache_root() / "tokens"
 
     def validate(self) -> None:
         if not self.sources:
@@ -272,7 +277,7 @@ def prepare(config: DataConfig, tokenizer_dir: str, token_budget: int | None = N
     for source, source_files in zip(config.sources, files):
         share = source.weight / total_weight
         planned, need = _quota(token_budget, config.seq_len, share)
-        entry = tokenise_source(source_files, tokenizer, Path(config.cache_dir),
+        entry = tokenise_source(source_files, tokenizer, config.token_cache(),
                                 _workers(config.num_workers, source_files), need, config.seed)
         packed = PackedSource.from_entry(source, source_files, entry, need, config.seq_len, share, planned)
         _check(packed, config)
