@@ -7,7 +7,7 @@ Sources are ``NAME=PATH`` pairs, PATH one of:
   corpus (``trait select``), the synthetic passages (``trait synth generate``), any ingested corpus;
 - a JSONL (``.jsonl``, ``.jsonl.gz``) or JSON file (a list of records, or an object of id -> record), with
   ``#FIELD`` naming the text field (default ``text``): ``corpora/general/enwiki_2015_part1.jsonl.gz``;
-- ``tasks:NAME[,NAME...]``: the problems of synth task definitions (``synth/tasks``; their train splits).
+- ``problems:NAME[,NAME...]``: the problems of synth's problem sets (``synth/problem_sets``: train splits).
 
 t-SNE (scikit-learn) rather than UMAP: UMAP would add numba and pynndescent for a picture of a few thousand points.
 The picture is a projection; the numbers behind it are computed in the 384-D embedding space (cosine geometry):
@@ -32,7 +32,7 @@ from trait.outputs import check_output
 
 log = logging.getLogger(__name__)
 
-TASKS_PREFIX = "tasks:"
+PROBLEMS_PREFIX = "problems:"
 NEIGHBOURS = 10  # k of the nearest-neighbour source mix
 
 
@@ -52,7 +52,7 @@ def parse_source(spec: str) -> tuple[str, str]:
     name, sep, path = spec.partition("=")
     if not sep or not name.strip() or not path.strip():
         raise ConfigError(f"source {spec!r}: give NAME=PATH, e.g. general=../shared/data/corpora/general/"
-                          "enwiki_2015_part1.jsonl.gz or problems=tasks:gsm8k,math")
+                          "enwiki_2015_part1.jsonl.gz or math=problems:gsm8k,math")
     return name.strip(), path.strip()
 
 
@@ -81,25 +81,25 @@ def _field(record, field: str, where: str) -> str:
 
 
 def source_files(path: str) -> list[str]:
-    """The files or folders a source reads (a ``tasks:`` source: its definitions' files)."""
-    if path.startswith(TASKS_PREFIX):
-        from synth.tasks import load_definitions, task_files
+    """The files or folders a source reads (a ``problems:`` source: its problem sets' files)."""
+    if path.startswith(PROBLEMS_PREFIX):
+        from synth.problem_sets import load_problem_sets, problem_set_files
 
-        return task_files(load_definitions(_task_names(path)))
+        return problem_set_files(load_problem_sets(_problem_set_names(path)))
     return [path.partition("#")[0]]
 
 
-def _task_names(path: str) -> list[str]:
-    return [t for t in path[len(TASKS_PREFIX):].split(",") if t]
+def _problem_set_names(path: str) -> list[str]:
+    return [t for t in path[len(PROBLEMS_PREFIX):].split(",") if t]
 
 
 def sample_texts(path: str, n: int, seed: int) -> list[str]:
     """Up to ``n`` texts drawn uniformly at random (seeded) from the source at ``path``; blank texts are skipped."""
     rng = random.Random(seed)
-    if path.startswith(TASKS_PREFIX):
-        from synth.tasks import load_definitions, load_problems
+    if path.startswith(PROBLEMS_PREFIX):
+        from synth.problem_sets import load_problem_sets, load_problems
 
-        texts = [p.text for d in load_definitions(_task_names(path)) for p in load_problems(d)[0]]
+        texts = [p.text for d in load_problem_sets(_problem_set_names(path)) for p in load_problems(d)[0]]
         return [texts[i] for i in sorted(rng.sample(range(len(texts)), min(n, len(texts))))]
     file, _, field = path.partition("#")
     field = field or "text"
@@ -125,7 +125,7 @@ def sample_texts(path: str, n: int, seed: int) -> list[str]:
         texts = [_field(records[i], field, file) for i in chosen]
     else:
         raise ConfigError(f"source {path!r}: not a contract dataset directory, .jsonl(.gz) or .json file, or "
-                          f"{TASKS_PREFIX}NAME[,NAME...]")
+                          f"{PROBLEMS_PREFIX}NAME[,NAME...]")
     return [t for t in texts if t.strip()]
 
 

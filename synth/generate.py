@@ -1,6 +1,6 @@
-"""``trait synth generate``: task-oriented passages from seed problems, end to end and resumable.
+"""``trait synth generate``: task-oriented passages from problem sets, end to end and resumable.
 
-Load the task definitions' problems, group them into passages (problems from different tasks sharing an entity
+Load the problem sets' problems, group them into passages (problems from different tasks sharing an entity
 or the same knowledge), and cut the groups into numbered batches whose composition depends only on the config
 (so a rerun, or another Slurm array task, sees the same batches). For every batch not yet committed: render the
 prompts, ask the generator (a local vLLM server this process starts, or a configured endpoint) with bounded
@@ -29,9 +29,9 @@ import pyarrow as pa
 
 from synth.grouping import GroupingConfig, ProblemGroup, group_problems
 from synth.passage import PARSE_REASONS
+from synth.problem_sets import load_problem_sets, load_problems, problem_set_files
 from synth.prompts import DEFAULT_PASSAGE_TEMPLATE, PromptProblem, render_passage_prompt
 from synth.store import ROW_SCHEMA, ChunkStore, passage_id
-from synth.tasks import load_definitions, load_problems, task_files
 from synth.validate import PassageValidator, ValidationConfig, Verdict
 from trait import UserError
 from trait.config import ConfigError, field, to_dict
@@ -48,7 +48,8 @@ SOURCE = "synth/passage"
 
 @dataclass
 class SynthConfig:
-    tasks: list[str] = field(help="task definition names (synth/tasks/*.yaml), at least two")
+    problem_sets: list[str] = field(help="problem sets the passages are written about (synth/problem_sets/*.yaml: "
+                                         "downstream tasks' training problems), at least two")
     shared_data: str | None = field(None, help="shared data dir (default $TRAIT_SHARED_DATA, else ../shared/data)")
     max_problems_per_task: int | None = field(None, help="use only each task's first N problems (smoke runs)")
     domain: str = field("mathematics", help="the field named in the prompt's teacher persona")
@@ -73,8 +74,8 @@ class SynthConfig:
                               "problems are then embedded only as far as these passages need (seeded samples)")
 
     def validate(self) -> None:
-        if len(self.tasks) < 2:
-            raise ConfigError("a passage combines problems from different tasks: give at least two tasks")
+        if len(self.problem_sets) < 2:
+            raise ConfigError("a passage combines problems from different tasks: give at least two problem_sets")
         if self.batch_groups < 1 or self.concurrency < 1:
             raise ConfigError("batch_groups and concurrency must be >= 1")
         for key in ("max_problems_per_task", "limit", "max_paragraph_chars", "max_answer_chars"):
@@ -86,8 +87,8 @@ class SynthConfig:
 
 
 def plan_groups(config: SynthConfig, embed=None) -> tuple[list[ProblemGroup], dict, dict, dict]:
-    """(groups, problems by id, the tasks' definitions by name, report with loading and coverage counts)."""
-    definitions = {d.name: d for d in load_definitions(config.tasks)}
+    """(groups, problems by id, the problem sets by name, report with loading and coverage counts)."""
+    definitions = {d.name: d for d in load_problem_sets(config.problem_sets)}
     problems, loading = [], {}
     for name, definition in definitions.items():
         loaded, report = load_problems(definition, config.shared_data)
@@ -99,7 +100,7 @@ def plan_groups(config: SynthConfig, embed=None) -> tuple[list[ProblemGroup], di
     # whatever the chunking, since they depend on the config alone.
     groups, coverage = group_problems(problems, {n: d.kind for n, d in definitions.items()}, config.grouping, embed,
                                       config.limit)
-    return groups, {p.id: p for p in problems}, definitions, {"tasks": loading, "coverage": coverage}
+    return groups, {p.id: p for p in problems}, definitions, {"problem_sets": loading, "coverage": coverage}
 
 
 def _rows(batch: list[ProblemGroup], by_id: dict, definitions: dict, config: SynthConfig, model: str,
@@ -191,8 +192,8 @@ def run_generate(config: SynthConfig, output: str, chunk: int = 0, num_chunks: i
     target = f"{output.rstrip('/')}/chunk-{chunk:05d}" if num_chunks > 1 else output
     if num_chunks > 1:  # the output holds the chunks' datasets (and their batches and staging), nothing else
         check_folder(output, ("chunk-*",), dataset=False)
-    store = ChunkStore(target, run_fingerprint(config), inputs=task_files(load_definitions(config.tasks),
-                                                                          config.shared_data))
+    inputs = problem_set_files(load_problem_sets(config.problem_sets), config.shared_data)
+    store = ChunkStore(target, run_fingerprint(config), inputs=inputs)
     groups, by_id, definitions, report = plan_groups(config, embed)
     groups = groups[chunk::num_chunks]
     batches = [groups[i:i + config.batch_groups] for i in range(0, len(groups), config.batch_groups)]
@@ -266,5 +267,5 @@ def report_validity(manifest: dict, output: str) -> None:
             "text")
     if manifest["num_chunks"] == 1:
         raise NoPassagesError(f"synth: no passages were planned for {output}: grouping found no groups of problems "
-                              f"(coverage: {manifest['coverage']['ungrouped']}); add tasks or problems, or lower "
-                              "grouping.min_similarity")
+                              f"(coverage: {manifest['coverage']['ungrouped']}); add problem sets or problems, or "
+                              "lower grouping.min_similarity")

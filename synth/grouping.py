@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from synth.tasks import Problem
+from synth.problem_sets import Problem
 from trait.config import ConfigError, field
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
-from synth.tasks import DOMAIN_KINDS
+from synth.problem_sets import DOMAIN_KINDS
 from trait.config import ConfigError
 
 PROMPTS_DIR = Path(__file__).with_name("prompts")

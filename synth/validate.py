@@ -31,7 +31,7 @@ REJECT_REASONS = PARSE_REASONS + (
 
 
 class ProblemLike(Protocol):
-    """What validation reads of a problem (synth.tasks' problems have these attributes)."""
+    """What validation reads of a problem (synth.problem_sets' problems have these attributes)."""
 
     task: str
     text: str

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from eval.math_tasks import DOC_BUILDERS, benchmark_path
-from synth.tasks import TestSplitError, check_not_test_split
+from synth.problem_sets import TestSplitError, check_not_test_split
 from trait.benchmarks import BENCHMARKS, EVAL_FILES, OTHER_TEST_COPIES, TEST_FILES
 from trait.decontam import DecontamConfig
 

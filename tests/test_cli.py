@@ -74,8 +74,8 @@ def test_options_aliases_and_set_reach_the_config(tmp_path):
                        "--set", "quality.column=score_q_v1", "--set", "quality.percentile=50")
     assert (select.domain.token_budget, select.quality.column, select.quality.percentile) == (10**6, "score_q_v1",
                                                                                               50.0)
-    synth = config_of("synth", "generate", "--output", "o", "--tasks", "gsm8k", "math", "--endpoint", "http://h/v1",
-                      "--set", "server.tiny_model.seed=3", "--set", "sampling.temperature=0")
+    synth = config_of("synth", "generate", "--output", "o", "--problem-sets", "gsm8k", "math", "--endpoint",
+                      "http://h/v1", "--set", "server.tiny_model.seed=3", "--set", "sampling.temperature=0")
     assert (synth.server.endpoint, synth.server.tiny_model.seed, synth.sampling["temperature"]) == ("http://h/v1", 3, 0)
     ev = config_of("eval", "--model", "m", "--tasks", "ads", "--judge-endpoint", "http://j/v1", "--chat",
                    "--batch-size", "4")

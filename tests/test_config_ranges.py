@@ -8,7 +8,7 @@ import pytest
 
 from trait.config import ConfigError, from_dict
 
-TASKS = {"tasks": ["gsm8k", "math"]}
+SETS = {"problem_sets": ["gsm8k", "math"]}
 
 
 def _cases():
@@ -21,18 +21,18 @@ def _cases():
     from trait.tiny_model import TinyModelConfig
 
     return [
-        (SynthConfig, {**TASKS, "limit": 0}, "limit must be >= 1, or null for no limit; got 0"),
-        (SynthConfig, {**TASKS, "limit": -3}, "limit must be >= 1, or null for no limit; got -3"),
-        (SynthConfig, {**TASKS, "max_problems_per_task": 0}, "max_problems_per_task must be >= 1"),
-        (SynthConfig, {**TASKS, "max_answer_chars": 0}, "max_answer_chars must be >= 1"),
-        (SynthConfig, {**TASKS, "timeout_s": 0}, "timeout_s must be a positive number of seconds"),
-        (SynthConfig, {**TASKS, "max_retries": -1}, "max_retries >= 0, got 300.0 and -1"),
-        (SynthConfig, {**TASKS, "grouping": {"min_similarity": 1.5}}, "min_similarity is a cosine similarity"),
-        (SynthConfig, {**TASKS, "validation": {"min_paragraph_words": -1}}, "min_paragraph_words must be >= 0"),
-        (SynthConfig, {**TASKS, "server": {"tensor_parallel_size": 0}}, "tensor_parallel_size and cpu_kvcache_gib"),
-        (SynthConfig, {**TASKS, "server": {"max_model_len": 0}}, "max_model_len must be >= 1 tokens"),
-        (SynthConfig, {**TASKS, "server": {"stop_grace_s": -1}}, "stop_grace_s >= 0"),
-        (SynthConfig, {**TASKS, "server": {"tiny_model": {"num_heads": 0}}}, "num_heads 0: every size must be >= 1"),
+        (SynthConfig, {**SETS, "limit": 0}, "limit must be >= 1, or null for no limit; got 0"),
+        (SynthConfig, {**SETS, "limit": -3}, "limit must be >= 1, or null for no limit; got -3"),
+        (SynthConfig, {**SETS, "max_problems_per_task": 0}, "max_problems_per_task must be >= 1"),
+        (SynthConfig, {**SETS, "max_answer_chars": 0}, "max_answer_chars must be >= 1"),
+        (SynthConfig, {**SETS, "timeout_s": 0}, "timeout_s must be a positive number of seconds"),
+        (SynthConfig, {**SETS, "max_retries": -1}, "max_retries >= 0, got 300.0 and -1"),
+        (SynthConfig, {**SETS, "grouping": {"min_similarity": 1.5}}, "min_similarity is a cosine similarity"),
+        (SynthConfig, {**SETS, "validation": {"min_paragraph_words": -1}}, "min_paragraph_words must be >= 0"),
+        (SynthConfig, {**SETS, "server": {"tensor_parallel_size": 0}}, "tensor_parallel_size and cpu_kvcache_gib"),
+        (SynthConfig, {**SETS, "server": {"max_model_len": 0}}, "max_model_len must be >= 1 tokens"),
+        (SynthConfig, {**SETS, "server": {"stop_grace_s": -1}}, "stop_grace_s >= 0"),
+        (SynthConfig, {**SETS, "server": {"tiny_model": {"num_heads": 0}}}, "num_heads 0: every size must be >= 1"),
         (AnnotateConfig, {"timeout_s": -5}, "timeout_s must be a positive number of seconds"),
         (AnnotateConfig, {"server": {"cpu_kvcache_gib": 0}}, "tensor_parallel_size and cpu_kvcache_gib"),
         (GroupingConfig, {"min_similarity": -2}, "min_similarity is a cosine similarity, in \\[-1, 1\\]"),
@@ -57,7 +57,7 @@ def test_nonsense_numbers_are_refused_when_the_config_is_built(case):
 def test_the_defaults_and_edge_values_pass():
     from synth.generate import SynthConfig
 
-    cfg = from_dict(SynthConfig, {**TASKS, "limit": 1, "max_problems_per_task": None, "max_retries": 0,
+    cfg = from_dict(SynthConfig, {**SETS, "limit": 1, "max_problems_per_task": None, "max_retries": 0,
                                   "grouping": {"min_similarity": -1}, "server": {"stop_grace_s": 0}})
     assert cfg.limit == 1 and cfg.grouping.min_similarity == -1
 

@@ -1,6 +1,6 @@
 """The data map on real samples from ../shared/data: Wikipedia (the general pool, JSONL), PlanetMath and OpenStax
 (contract datasets: the ``datasets`` fixture's in-domain and selected stand-ins), GSM8K + MATH train problems (the
-synth task definitions) and GSM8K worked solutions (the fixture's stand-in for synthetic passages), 30 each,
+synth problem sets) and GSM8K worked solutions (the fixture's stand-in for synthetic passages), 30 each,
 embedded with the real MiniLM model and projected with t-SNE.
 
 What the numbers show (measured over sampling seeds 0-3, 30 per source, centroid cosine distance to the problems):
@@ -29,7 +29,7 @@ WIKI = SHARED_DATA / "corpora/general/enwiki_2015_part1.jsonl.gz"
 
 def test_datamap_of_real_sources(datasets, tmp_path):
     sources = [f"general={WIKI}", f"planetmath={datasets['in_domain']}", f"openstax={datasets['selected']}",
-               "problems=tasks:gsm8k,math", f"synthetic={datasets['synthetic']}"]
+               "problems=problems:gsm8k,math", f"synthetic={datasets['synthetic']}"]
     proc = trait("datamap", "--source", *sources, "--per-source", "30", "--seed", "0", "--output", str(tmp_path),
                  env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,7 +59,7 @@ def test_datamap_of_real_sources(datasets, tmp_path):
 
 def test_sampling_is_seeded_and_reads_every_kind_of_source(datasets):
     tabmwp = f"{SHARED_DATA}/benchmarks/tabmwp/problems_dev1k.json#question"  # an object of id -> record
-    for path in (str(WIKI), tabmwp, datasets["selected"], "tasks:gsm8k"):
+    for path in (str(WIKI), tabmwp, datasets["selected"], "problems:gsm8k"):
         a, b = sample_texts(path, 5, seed=1), sample_texts(path, 5, seed=1)
         assert a == b and len(a) == 5 and all(t.strip() for t in a), path
         assert sample_texts(path, 5, seed=2) != a, path
@@ -76,7 +76,7 @@ def test_bad_sources_say_what_to_fix(tmp_path):
              (["seed", good], "give NAME=PATH"),
              ([good], "at least two sources"),
              ([f"seed={WIKI}#body", good], "no text field 'body'"),
-             (["seed=tasks:nosuchtask", good], "unknown task"),
+             (["seed=problems:nosuchset", good], "unknown problem set"),
              ([f"seed={tmp_path}/notes.txt", good], "not a contract dataset directory")]
     for sources, message in cases:
         with pytest.raises(UserError, match=message):

@@ -119,7 +119,7 @@ def test_train_listens_on_loopback_only(tmp_path, tiny_model, datasets, nproc):
 def test_synth_generate_with_a_local_server_listens_on_loopback_only(tmp_path):
     config = tmp_path / "synth.yaml"
     config.write_text(yaml.safe_dump({  # tests/test_synth_e2e.py's settings: a random model finishes its passages
-        "tasks": ["gsm8k", "math"], "max_problems_per_task": 8, "limit": 2, "batch_groups": 1,
+        "problem_sets": ["gsm8k", "math"], "max_problems_per_task": 8, "limit": 2, "batch_groups": 1,
         "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 1024, "seed": 0},
         "max_paragraph_chars": 200, "max_answer_chars": 20,
         "validation": {"check_answers": False, "on_failure": "flag"},

@@ -84,7 +84,7 @@ def test_cli_ingest_of_a_folder_into_itself_keeps_the_inputs(raw):
 
 def test_cli_synth_generate_into_a_foreign_folder(tmp_path):
     config = tmp_path / "synth.yaml"
-    config.write_text(yaml.safe_dump({"tasks": ["gsm8k", "math"], "max_problems_per_task": 5}))
+    config.write_text(yaml.safe_dump({"problem_sets": ["gsm8k", "math"], "max_problems_per_task": 5}))
     out = foreign_folder(tmp_path / "thesis")
     proc = trait("synth", "generate", "--config", str(config), "--output", str(out))
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -202,7 +202,7 @@ def test_synth_generate_and_annotate_refuse_foreign_and_overlapping_outputs(smal
     from synth.annotate import AnnotateConfig, run_annotate
     from synth.generate import SynthConfig, run_generate
 
-    synth = from_dict(SynthConfig, {"tasks": ["gsm8k", "math"], "max_problems_per_task": 5})
+    synth = from_dict(SynthConfig, {"problem_sets": ["gsm8k", "math"], "max_problems_per_task": 5})
     out = foreign_folder(tmp_path / "thesis")
     refused(lambda: run_generate(synth, str(out)), out)
     refused(lambda: run_generate(synth, str(out), chunk=0, num_chunks=2), out)  # the chunks' folder, too

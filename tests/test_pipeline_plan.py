@@ -185,9 +185,9 @@ def test_paper_scale_config_validates_and_plans(tmp_path):
 def test_ads_config_plans(tmp_path):
     cfg = config(tmp_path, path=CONFIGS / "ads_tiny.yaml")
     stages = {s.name: s for s in build_stages(cfg)}
-    from synth.tasks import load_definitions
+    from synth.problem_sets import load_problem_sets
 
-    assert {d.kind for d in load_definitions(cfg.synth_config().tasks)} == {"entity_centric"}
+    assert {d.kind for d in load_problem_sets(cfg.synth_config().problem_sets)} == {"entity_centric"}
     assert stages["eval_trait"].config["tasks"] == ["ads"]
     assert stages["classifier_domain_ads"].config["positives"][0]["path"] == stages["split_seed"].outputs["train"]
 

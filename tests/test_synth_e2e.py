@@ -35,7 +35,7 @@ psutil = pytest.importorskip("psutil")
 pytestmark = [pytest.mark.vllm, needs_vllm]
 SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 1024, "seed": 0}
 # 10 passages of gsm8k + math problems, one per batch: a kill after the first commit leaves most of them to do.
-KILL_RUN = {"tasks": ["gsm8k", "math"], "max_problems_per_task": 40, "limit": 10, "batch_groups": 1,
+KILL_RUN = {"problem_sets": ["gsm8k", "math"], "max_problems_per_task": 40, "limit": 10, "batch_groups": 1,
             "sampling": SAMPLING, "max_paragraph_chars": 200, "max_answer_chars": 20, "concurrency": 4,
             "max_retries": 2, "validation": {"check_answers": False, "on_failure": "flag"},
             "server": {"stop_grace_s": 5, "startup_timeout_s": 900}}
@@ -140,8 +140,9 @@ def digests(paths: list[Path]) -> dict[str, tuple[str, int]]:
 
 def test_cli_generate_writes_contract_passages_with_provenance(generator, tmp_path):
     cfg = write_config(tmp_path / "synth.yaml", {
-        "tasks": ["gsm8k", "math"], "max_problems_per_task": 40, "limit": 6, "batch_groups": 3, "sampling": SAMPLING,
-        "max_paragraph_chars": 200, "max_answer_chars": 20, "validation": {"check_answers": False}})
+        "problem_sets": ["gsm8k", "math"], "max_problems_per_task": 40, "limit": 6, "batch_groups": 3,
+        "sampling": SAMPLING, "max_paragraph_chars": 200, "max_answer_chars": 20,
+        "validation": {"check_answers": False}})
     out = tmp_path / "passages"
     done = subprocess.run(COMMAND + ["synth", "generate", "--config", cfg, "--output", str(out),
                                    "--endpoint", endpoint(generator)], cwd=REPO_ROOT, capture_output=True,
@@ -170,10 +171,10 @@ def test_cli_generate_writes_contract_passages_with_provenance(generator, tmp_pa
     validate_table(table)  # the contract: id, source, text, url, n_tokens with their types, no null or empty text
     assert "raw_output" not in table.column_names
     from synth.passage import without_enlightenment
+    from synth.problem_sets import load_problem_sets, load_problems
     from synth.store import passage_id
-    from synth.tasks import load_definitions, load_problems
     from trait.serving.client import request_sampling
-    problems = {p.id: p.task for d in load_definitions(["gsm8k", "math"]) for p in load_problems(d)[0][:40]}
+    problems = {p.id: p.task for d in load_problem_sets(["gsm8k", "math"]) for p in load_problems(d)[0][:40]}
     for row in table.to_pylist():
         assert row["reject_reason"] is None and row["text"].strip()
         assert row["enlightenment"] and without_enlightenment(row["text"], row["enlightenment"]).strip()

@@ -22,7 +22,7 @@ from .conftest import REPO
 from .support.cli import trait
 
 # Four passages of GSM8K + MATH problems in two batches; no decontamination (nothing here is generated text).
-CONFIG = {"tasks": ["gsm8k", "math"], "limit": 4, "batch_groups": 2, "validation": {"decontaminate": False}}
+CONFIG = {"problem_sets": ["gsm8k", "math"], "limit": 4, "batch_groups": 2, "validation": {"decontaminate": False}}
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu",
          "xi", "omicron", "pi", "rho", "sigma", "tau"]
 
@@ -108,4 +108,4 @@ def test_the_tiny_example_config_keeps_flagged_passages():
     from trait.config import load
 
     config = load(SynthConfig, REPO / "infra" / "configs" / "synth_tiny.yaml")
-    assert config.validation.on_failure == "flag" and config.limit == 64 and config.tasks == ["gsm8k", "math"]
+    assert config.validation.on_failure == "flag" and config.limit == 64 and config.problem_sets == ["gsm8k", "math"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from synth.grouping import GroupingConfig, group_by_entity, group_problems, nearest_other_task, seeded_order
-from synth.tasks import Problem, load_definitions, load_problems, normalise_entity
+from synth.problem_sets import Problem, load_problem_sets, load_problems, normalise_entity
 from trait.config import ConfigError
 
 
@@ -129,7 +129,7 @@ def test_knowledge_groups_pair_paraphrases_across_tasks(embedder):
 
 def test_a_limit_embeds_a_seeded_sample_sized_for_it(embedder):
     """All 14,971 GSM8K and MATH train problems are loaded; a limit of 4 passages embeds a few dozen of them."""
-    problems = [p for d in load_definitions(["gsm8k", "math"]) for p in load_problems(d)[0]]
+    problems = [p for d in load_problem_sets(["gsm8k", "math"]) for p in load_problems(d)[0]]
     kinds = {"gsm8k": "knowledge_centric", "math": "knowledge_centric"}
     embedded: list[str] = []
 

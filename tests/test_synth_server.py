@@ -274,8 +274,8 @@ def test_generate_quarantines_prompts_longer_than_the_context_and_stops_on_other
     from trait.config import from_dict
 
     server, _ = vllm
-    base = {"tasks": ["gsm8k", "math"], "max_problems_per_task": 40, "batch_groups": 5, "max_paragraph_chars": 200,
-            "max_answer_chars": 20, "validation": {"check_answers": False},
+    base = {"problem_sets": ["gsm8k", "math"], "max_problems_per_task": 40, "batch_groups": 5,
+            "max_paragraph_chars": 200, "max_answer_chars": 20, "validation": {"check_answers": False},
             "sampling": {"temperature": 0.7, "max_tokens": 300, "seed": 0},
             "server": {"endpoint": f"{server.base_url}/v1", "api_key_env": KEY_ENV}}
     groups, by_id, definitions, _ = plan_groups(from_dict(SynthConfig, base))

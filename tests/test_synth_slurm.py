@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slurm, needs_vllm]
 SBATCH = REPO_ROOT / "infra" / "slurm" / "synth_array.sbatch"
 # The smoke config, without a limit: the first 40 GSM8K and MATH problems group into 13 passages (7 in chunk 0,
 # 6 in chunk 1; 3 and 2 batches of up to 3). Random weights get every answer wrong, so answers are not checked.
-CONFIG = {"tasks": ["gsm8k", "math"], "max_problems_per_task": 40, "batch_groups": 3,
+CONFIG = {"problem_sets": ["gsm8k", "math"], "max_problems_per_task": 40, "batch_groups": 3,
           "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 1024, "seed": 0},
           "max_paragraph_chars": 200, "max_answer_chars": 20, "validation": {"check_answers": False},
           "server": {"cpu_kvcache_gib": 1, "startup_timeout_s": 900, "stop_grace_s": 10}}

@@ -48,8 +48,8 @@ class BenchmarkFile:
 _GSM8K_CALC = r"<<[^>]*>>"
 
 # The one registry of benchmark test files: eval scores a model on each (by its eval_name), decontamination removes
-# their n-grams from the corpora (by the key: every key by default), and no task definition may seed passages from
-# them (synth.tasks). The nine math benchmarks of the TRAIT paper's evaluation, and AGIEval's larger SAT-math set,
+# their n-grams from the corpora (by the key: every key by default), and no problem set may read them
+# (synth.problem_sets). The nine math benchmarks of the TRAIT paper's evaluation, and AGIEval's larger SAT-math set,
 # as the files in ../shared/data/benchmarks hold them (see each folder's SOURCE.md). MATH500 is a subset of MATH's
 # 5,000 test problems; both files are read.
 BENCHMARKS: dict[str, tuple[BenchmarkFile, ...]] = {

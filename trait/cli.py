@@ -284,7 +284,7 @@ def _datamap(cfg, args) -> dict:
 def _datamap_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", nargs="+", required=True, metavar="NAME=PATH",
                    help="a finished contract dataset, a .jsonl(.gz)/.json file (PATH#FIELD: the text field, default "
-                   "text), or tasks:NAME[,NAME...] (synth task problems)")
+                   "text), or problems:NAME[,NAME...] (synth's problem sets)")
     p.add_argument("--output", required=True, help="directory for datamap.png, datamap.parquet and datamap.json")
 
 

@@ -46,7 +46,8 @@ class HeldoutConfig:
 class InputsConfig:
     seed: dict = field(help="the in-domain seed: a spark_jobs.ingest.IngestConfig (inputs, tokenizer, ...)")
     pool: dict = field(help="the general web pool to mine: an IngestConfig")
-    tasks: list[str] = field(help="downstream tasks whose train problems seed the passages (synth/tasks/*.yaml)")
+    problem_sets: list[str] = field(help="the downstream tasks' training problems the passages are written about "
+                                         "(synth/problem_sets/*.yaml)")
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig, help="held-out splits of seed and pool")
     datasets: dict[str, dict] = field(default_factory=dict, help="more datasets by name, each an IngestConfig "
                                       "(ingested only: no dedup, decontamination or split), that classifiers and "
@@ -167,11 +168,12 @@ class SlurmConfig:
 class PipelineConfig:
     """The TRAIT experiment: selection, passages, the arms' training and their evaluation, as one resumable job."""
 
-    inputs: InputsConfig = field(help="seed, pool, downstream tasks and held-out splits")
+    inputs: InputsConfig = field(help="seed, pool, problem sets and held-out splits")
     selection: SelectionConfig = field(help="classifiers, scoring, the TRAIT thresholds and their report")
     training: TrainingConfig = field(help="base model, stage templates and mixtures")
-    synth: dict = field(default_factory=dict, help="synth.generate.SynthConfig (tasks default to inputs.tasks; the "
-                        "generator: server.endpoint, else a local vLLM of server.model, else the embedded tiny one)")
+    synth: dict = field(default_factory=dict, help="synth.generate.SynthConfig (problem_sets default to "
+                        "inputs.problem_sets; the generator: server.endpoint, else a local vLLM of server.model, else "
+                        "the embedded tiny one)")
     run_dir: str = field("runs/pipeline", help="where every output of the run lives")
     arms: list[str] = field(default_factory=lambda: list(ARMS), help=f"ablation rows to train: {', '.join(ARMS)}")
     cleaning: CleaningConfig = field(default_factory=CleaningConfig, help="dedup and decontamination")
@@ -210,10 +212,11 @@ class PipelineConfig:
             raise ConfigError("training.alignment_mixture needs 'synthetic' (the passages)")
         _check_inputs(stages["ingest_seed"], "inputs.seed", seed=True)
         _check_inputs(stages["ingest_pool"], "inputs.pool", seed=False)
-        tasks = self.synth_config().tasks
-        if sorted(tasks) != sorted(self.inputs.tasks):
-            raise ConfigError(f"synth.tasks {tasks} differ from inputs.tasks {self.inputs.tasks}; leave synth.tasks "
-                              "out (it defaults to inputs.tasks)")
+        problem_sets = self.synth_config().problem_sets
+        if sorted(problem_sets) != sorted(self.inputs.problem_sets):
+            raise ConfigError(f"synth.problem_sets {problem_sets} differ from inputs.problem_sets "
+                              f"{self.inputs.problem_sets}; leave synth.problem_sets out (it defaults to "
+                              "inputs.problem_sets)")
 
     def needs_stage2(self) -> bool:
         return any(a in ("trait", "trait_no_enlightenment") for a in self.arms)
@@ -221,7 +224,7 @@ class PipelineConfig:
     def synth_config(self):
         from synth.generate import SynthConfig
 
-        return from_dict(SynthConfig, {"tasks": self.inputs.tasks, **self.synth}, "synth")
+        return from_dict(SynthConfig, {"problem_sets": self.inputs.problem_sets, **self.synth}, "synth")
 
     def stage_configs(self) -> dict:
         """Every embedded job config, built and validated by the job's own class (errors name the section)."""
@@ -305,7 +308,7 @@ def _check_inputs(ingest, where: str, seed: bool) -> None:
     import glob
     import os
 
-    from synth.tasks import check_not_test_split
+    from synth.problem_sets import check_not_test_split
     from trait.benchmarks import default_shared_data
 
     shared = os.path.realpath(default_shared_data())

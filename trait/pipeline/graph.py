@@ -36,7 +36,7 @@ KIND_CODE = {
     "random": ["spark_jobs/baselines.py"],
     "dsir": ["spark_jobs/dsir.py", "spark_jobs/baselines.py"],
     "synth": ["synth/generate.py", "synth/grouping.py", "synth/prompts.py", "synth/validate.py", "synth/passage.py",
-              "synth/store.py", "synth/tasks.py"],
+              "synth/store.py", "synth/problem_sets.py"],
     "strip_enlightenment": ["synth/passage.py", "trait/pipeline/steps.py"],
     "base_model": ["trait/tiny_model.py", "trainer/train.py", "trainer/data.py"],
     "train": ["trainer/train.py", "trainer/data.py", "trainer/mixture.py", "trainer/token_cache.py",
@@ -215,7 +215,7 @@ def build_stages(cfg: PipelineConfig, run_dir: str | Path | None = None) -> list
         synth = to_dict(jobs["synth"])
         chunks = {"chunks": d("passages_chunks")} if cfg.synth_chunks > 1 else {}
         b.add("synth", "synth", {"job": synth, "chunks": cfg.synth_chunks}, {"data": d("passages"), **chunks},
-              external=_task_files(jobs["synth"]))
+              external=_problem_set_files(jobs["synth"]))
         passages["with"] = d("passages")
         if "trait_no_enlightenment" in cfg.arms:
             b.add("passages_no_enlightenment", "strip_enlightenment", {"input": d("passages")},
@@ -266,11 +266,11 @@ def build_stages(cfg: PipelineConfig, run_dir: str | Path | None = None) -> list
     return b.stages
 
 
-def _task_files(synth) -> list[str]:
+def _problem_set_files(synth) -> list[str]:
     """The downstream tasks' data files (their train problems seed the passages)."""
-    from synth.tasks import load_definitions, task_files
+    from synth.problem_sets import load_problem_sets, problem_set_files
 
-    return task_files(load_definitions(synth.tasks), synth.shared_data)
+    return problem_set_files(load_problem_sets(synth.problem_sets), synth.shared_data)
 
 
 def _train_config(cfg: PipelineConfig, model: str, output_dir: str, stages: list[dict]) -> dict:

@@ -1,4 +1,4 @@
-"""Task definitions: every shipped task loads with independently counted problems; test splits are refused."""
+"""Problem sets: every shipped one loads with independently counted problems; test splits are refused."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from synth.tasks import (
-    TASKS_DIR,
+from synth.problem_sets import (
+    PROBLEM_SETS_DIR,
     TestSplitError,
     check_not_test_split,
-    load_definition,
-    load_definitions,
+    load_problem_set,
+    load_problem_sets,
     load_problems,
     problem_id,
 )
@@ -60,9 +60,9 @@ def _expected_counts() -> dict[str, int]:
     }
 
 
-def test_every_shipped_task_loads_with_the_expected_count():
+def test_every_shipped_problem_set_loads_with_the_expected_count():
     expected = _expected_counts()
-    definitions = load_definitions()
+    definitions = load_problem_sets()
     assert sorted(d.name for d in definitions) == sorted(expected)
     # the published figures from each SOURCE.md, as a cross-check of the independent count
     math_counts = (expected["gsm8k"], expected["mawps_asdiv_a"], expected["tabmwp"], expected["mmlu"])
@@ -79,20 +79,20 @@ def test_every_shipped_task_loads_with_the_expected_count():
 
 
 def test_fields_become_problems_exactly():
-    (gsm8k,) = load_definitions(["gsm8k"])
+    (gsm8k,) = load_problem_sets(["gsm8k"])
     problems, _ = load_problems(gsm8k, SHARED_DATA)
     first = json.loads(_lines("benchmarks/gsm8k/train.jsonl")[0])
     assert problems[0].text == first["question"]
     assert problems[0].answer == "72"  # "#### 72" at the end of the worked solution
     assert problems[0].id == problem_id("gsm8k", "benchmarks/gsm8k/train.jsonl:1")
-    svamp, _ = load_problems(load_definitions(["mawps_asdiv_a"])[0], SHARED_DATA)
+    svamp, _ = load_problems(load_problem_sets(["mawps_asdiv_a"])[0], SHARED_DATA)
     assert svamp[0].text.startswith("Bryan took a look at his books as well . If Bryan has 56 books in each of his 9 ")
     assert svamp[0].answer == "504"
-    webis, _ = load_problems(load_definitions(["webis_query_to_ad"])[0], SHARED_DATA)
+    webis, _ = load_problems(load_problem_sets(["webis_query_to_ad"])[0], SHARED_DATA)
     response = json.loads(_lines("ads/webis_generative_native_ads/responses-validation.jsonl")[0])["response"]
     assert webis[0].answer == response[0:103].strip()  # sen_span "(0, 103)" of id 3413-000212-A
     assert webis[0].entities == ("td easy web", "td bank")
-    products, report = load_problems(load_definitions(["product_title"])[0], SHARED_DATA)
+    products, report = load_problems(load_problem_sets(["product_title"])[0], SHARED_DATA)
     assert report.malformed["empty_problem"] > 0 and report.duplicates > 0
     assert all(len(p.entities) == 1 and " " not in p.entities[0] for p in products)  # the brand: first word
 
@@ -114,7 +114,7 @@ def test_train_files_pass(path):
 
 
 def _write_task(tmp_path: Path, **changes) -> Path:
-    data = json.loads(json.dumps(__import__("yaml").safe_load((TASKS_DIR / "gsm8k.yaml").read_text())))
+    data = json.loads(json.dumps(__import__("yaml").safe_load((PROBLEM_SETS_DIR / "gsm8k.yaml").read_text())))
     data.update(changes)
     path = tmp_path / "task.yaml"
     path.write_text(__import__("yaml").safe_dump(data))
@@ -123,15 +123,15 @@ def _write_task(tmp_path: Path, **changes) -> Path:
 
 def test_definition_errors_say_what_to_do(tmp_path):
     with pytest.raises(TestSplitError, match="its name says test"):
-        load_definition(_write_task(tmp_path, files=["benchmarks/gsm8k/test.jsonl"]))
+        load_problem_set(_write_task(tmp_path, files=["benchmarks/gsm8k/test.jsonl"]))
     with pytest.raises(TestSplitError, match="split 'test'"):
-        load_definition(_write_task(tmp_path, split="test"))
+        load_problem_set(_write_task(tmp_path, split="test"))
     with pytest.raises(ConfigError, match="did you mean 'problem'"):
-        load_definition(_write_task(tmp_path, problme="{question}"))
+        load_problem_set(_write_task(tmp_path, problme="{question}"))
     with pytest.raises(ConfigError, match="needs `entity`"):
-        load_definition(_write_task(tmp_path, kind="entity_centric"))
-    with pytest.raises(UserError, match="unknown task"):
-        load_definitions(["no_such_task"])
+        load_problem_set(_write_task(tmp_path, kind="entity_centric"))
+    with pytest.raises(UserError, match="unknown problem set"):
+        load_problem_sets(["no_such_task"])
 
 
 def test_malformed_rows_are_counted_per_reason(tmp_path):
@@ -139,7 +139,7 @@ def test_malformed_rows_are_counted_per_reason(tmp_path):
     rows = ['{"question": "q1", "answer": "x\\n#### 1"}', "not json", '{"question": "q3"}', "[1, 2]",
             '{"question": "q5", "answer": "no marker"}', "", '{"question": "q1", "answer": "#### 1"}']
     (tmp_path / "seeds/train.jsonl").write_text("\n".join(rows) + "\n")
-    problems, report = load_problems(load_definition(_write_task(tmp_path, files=["seeds/train.jsonl"])), tmp_path)
+    problems, report = load_problems(load_problem_set(_write_task(tmp_path, files=["seeds/train.jsonl"])), tmp_path)
     assert [(p.text, p.answer) for p in problems] == [("q1", "1"), ("q1", "1")]  # ids are by row: both kept
     assert dict(report.malformed) == {"invalid_json": 1, "missing_field": 2, "not_an_object": 1}
     assert report.files[0].blank_lines == 1 and report.files[0].records == 6

@@ -1,4 +1,4 @@
-"""Readers for the data files of task definitions: one record (a dict) at a time, bad records counted per reason.
+"""Readers for the data files of problem sets: one record (a dict) at a time, bad records counted per reason.
 
 Formats: ``jsonl``; ``json`` (a list of records, or a mapping id -> record whose key becomes ``_key``); ``csv``
 and ``tsv`` (a header row, or the definition's ``columns`` for files without one; TSV fields are never quoted);
@@ -121,7 +121,7 @@ def read_records(definition, root: Path, reports: list[FileReport]) -> Iterator[
     A FileReport is appended to ``reports`` per file. With ``join``, a main record whose key has no partner in the
     joined file is counted as ``no_join_partner``; the partner's fields do not overwrite the main record's.
     """
-    from synth.tasks import check_not_test_split
+    from synth.problem_sets import check_not_test_split
 
     partners: dict[str, dict] = {}
     if definition.join:

@@ -1,13 +1,16 @@
-"""Task definitions (versioned YAML under ``synth/tasks/``) and the loader that turns their files into problems.
+"""Problem sets (versioned YAML under ``synth/problem_sets/``) and the loader that turns their files into problems.
 
-A definition names the data files (relative to the shared data dir: ``$TRAIT_SHARED_DATA`` or ``../shared/data``;
-globs allowed), their format (jsonl, json, csv, tsv, ditto; ``.gz`` read transparently), how a record becomes a
-problem (``problem``/``answer`` templates such as ``"{Body} {Question}"``; ``{x:num}`` prints 504.0 as 504), the
-entity keys of an entity-centric task, and small derivations (``regex``, ``span``, ``unmask_numbers``, ``map``).
-Records become :class:`Problem` rows with a stable id: the first 16 hex of sha1(task name, NUL, source key), the
-source key being the record's ``id_field`` or ``<file>:<row>``. Bad records are counted per reason, never dropped
-silently. Seeds are the tasks' *training* data: a test split is refused (``TestSplitError``) by file name and by
-the benchmark registry that eval and decontamination read (``trait.benchmarks.TEST_FILES``).
+A problem set is a downstream task's training problems, named after the task (``gsm8k``, ``qadsm``); the passages
+are written about them. (An *eval task* is something else: lm-eval's YAML under ``eval/tasks``, scoring a model on
+a test split; docs/design-notes.md#glossary.) A problem set names the data files (relative to the shared data dir:
+``$TRAIT_SHARED_DATA`` or ``../shared/data``; globs allowed), their format (jsonl, json, csv, tsv, ditto; ``.gz``
+read transparently), how a record becomes a problem (``problem``/``answer`` templates such as
+``"{Body} {Question}"``; ``{x:num}`` prints 504.0 as 504), the entity keys of an entity-centric task, and small
+derivations (``regex``, ``span``, ``unmask_numbers``, ``map``). Records become :class:`Problem` rows with a stable
+id: the first 16 hex of sha1(task name, NUL, source key), the source key being the record's ``id_field`` or
+``<file>:<row>``. Bad records are counted per reason, never dropped silently. Problem sets are *training* data: a
+test split is refused (``TestSplitError``) by file name and by the benchmark registry that eval and
+decontamination read (``trait.benchmarks.TEST_FILES``).
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from pathlib import Path
 
 import yaml
 
-from synth.task_files import read_records
+from synth.problem_files import read_records
 from trait.benchmarks import TEST_FILES, FileReport, default_shared_data
 from trait.config import ConfigError, field, from_dict
 
-TASKS_DIR = Path(__file__).with_name("tasks")
+PROBLEM_SETS_DIR = Path(__file__).with_name("problem_sets")
 DOMAIN_KINDS = ("entity_centric", "knowledge_centric")
 FORMATS = ("auto", "jsonl", "json", "csv", "tsv", "ditto")
 DERIVE_OPS = ("regex", "span", "unmask_numbers", "map")
@@ -34,7 +37,7 @@ _TEST_NAME = re.compile(r"(^|[_\-.])test([_\-.]|\d|$)", re.IGNORECASE)
 
 
 class TestSplitError(ConfigError):
-    """A task definition names a benchmark's test split as seed data."""
+    """A problem set names a benchmark's test split as training data."""
 
     __test__ = False  # not a pytest test class despite the name
 
@@ -68,10 +71,10 @@ class Join:
 
 
 @dataclass
-class TaskDefinition:
-    """One downstream task whose problems seed synthetic passages."""
+class ProblemSet:
+    """One downstream task's training problems, which synthetic passages are written about."""
 
-    name: str = field(help="unique task name, e.g. gsm8k")
+    name: str = field(help="unique name: the downstream task's, e.g. gsm8k")
     version: int = field(help="bump when the definition changes what problems it yields")
     domain: str = field(help="math, ads, ...")
     kind: str = field(help="entity_centric (grouped by a shared entity) or knowledge_centric (by embedding)")
@@ -93,13 +96,13 @@ class TaskDefinition:
 
     def validate(self) -> None:
         if self.kind not in DOMAIN_KINDS:
-            raise ConfigError(f"task {self.name}: kind {self.kind!r} must be one of {', '.join(DOMAIN_KINDS)}")
+            raise ConfigError(f"problem set {self.name}: kind {self.kind!r} must be one of {', '.join(DOMAIN_KINDS)}")
         if self.format not in FORMATS:
-            raise ConfigError(f"task {self.name}: format {self.format!r} must be one of {', '.join(FORMATS)}")
+            raise ConfigError(f"problem set {self.name}: format {self.format!r} must be one of {', '.join(FORMATS)}")
         if self.kind == "entity_centric" and not self.entity:
-            raise ConfigError(f"task {self.name}: an entity_centric task needs `entity` (templates of its keys)")
+            raise ConfigError(f"problem set {self.name}: an entity_centric one needs `entity` (templates of its keys)")
         if self.split.lower() == "test":
-            raise TestSplitError(f"task {self.name}: split 'test' cannot seed passages (the model is evaluated "
+            raise TestSplitError(f"problem set {self.name}: split 'test' cannot seed passages (the model is evaluated "
                                  "on it); use the train or dev split")
         self.derive = {k: v if isinstance(v, Derive) else from_dict(Derive, v) for k, v in self.derive.items()}
 
@@ -117,8 +120,8 @@ class Problem:
 
 
 @dataclass
-class TaskReport:
-    """What loading one task found: per-file counts plus task-level malformed reasons, filtered and duplicates."""
+class ProblemSetReport:
+    """What loading one problem set found: per-file counts plus set-level malformed reasons, filtered and duplicates."""
 
     task: str
     version: int
@@ -154,30 +157,31 @@ def check_not_test_split(relative: str) -> None:
                              "problems would leak them into training; name the train or dev file instead")
 
 
-def load_definition(path: str | Path) -> TaskDefinition:
-    """Read one task YAML; checks keys, types, kind and that no file is a test split."""
+def load_problem_set(path: str | Path) -> ProblemSet:
+    """Read one problem set YAML; checks keys, types, kind and that no file is a test split."""
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    definition = from_dict(TaskDefinition, data, str(path))
+    definition = from_dict(ProblemSet, data, str(path))
     for relative in definition.files + ([definition.join.file] if definition.join else []):
         check_not_test_split(relative)
     return definition
 
 
-def load_definitions(names: list[str] | None = None, directory: str | Path | None = None) -> list[TaskDefinition]:
-    """The definitions in ``directory`` (default: the shipped ``synth/tasks``), all or those ``names``, by name."""
-    root = Path(directory) if directory else TASKS_DIR
-    found = {d.name: d for d in (load_definition(p) for p in sorted(root.glob("*.yaml")))}
+def load_problem_sets(names: list[str] | None = None, directory: str | Path | None = None) -> list[ProblemSet]:
+    """The problem sets in ``directory`` (default: the shipped ``synth/problem_sets``), all or those ``names``."""
+    root = Path(directory) if directory else PROBLEM_SETS_DIR
+    found = {d.name: d for d in (load_problem_set(p) for p in sorted(root.glob("*.yaml")))}
     if names is None:
         return [found[n] for n in sorted(found)]
     missing = [n for n in names if n not in found]
     if missing:
-        raise ConfigError(f"unknown task(s) {', '.join(missing)}; tasks in {root}: {', '.join(sorted(found))}")
+        raise ConfigError(f"unknown problem set(s) {', '.join(missing)}; problem sets in {root}: "
+                          f"{', '.join(sorted(found))}")
     return [found[n] for n in names]
 
 
-def task_files(definitions: list[TaskDefinition], shared_data: str | Path | None = None) -> list[str]:
+def problem_set_files(definitions: list[ProblemSet], shared_data: str | Path | None = None) -> list[str]:
     """The paths (globs allowed) of the files ``definitions`` read, under the shared data dir: a job's inputs."""
     root = Path(shared_data or default_shared_data())
     return [str(root / f) for d in definitions for f in d.files + ([d.join.file] if d.join else [])]
@@ -227,11 +231,11 @@ def render(template: str, record: dict, optional: list[str]) -> str:
     return "".join(out).strip()
 
 
-def load_problems(definition: TaskDefinition, shared_data: str | Path | None = None
-                  ) -> tuple[list[Problem], TaskReport]:
+def load_problems(definition: ProblemSet, shared_data: str | Path | None = None
+                  ) -> tuple[list[Problem], ProblemSetReport]:
     """Every problem of ``definition`` in file order, and the report (malformed by reason, filtered, duplicates)."""
     root = Path(shared_data or default_shared_data())
-    report = TaskReport(definition.name, definition.version, [], malformed=Counter())
+    report = ProblemSetReport(definition.name, definition.version, [], malformed=Counter())
     entity_re = re.compile(definition.entity_pattern) if definition.entity_pattern else None
     problems, seen = [], set()
     for relative, file_report, where, record in read_records(definition, root, report.files):
