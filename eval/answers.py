@@ -17,7 +17,7 @@ Two extractions, reported side by side (lm-eval filters ``strict-match`` and ``f
 Equivalence (``answers_equal``): numbers compare as numbers (whole numbers exactly, others within the relative
 tolerance 1e-4 of the harness's ``math_equal``; thousands separators, "$", units after the number and "%"
 ignored; "3/4" equals 0.75); MATH answers first by lm-eval's Minerva normalisation and sympy equivalence
-(``is_equiv``), then as numbers, then by math-verify (``synth.answers.math_equal``, the one math-verify matcher of
+(``is_equiv``), then as numbers, then by math-verify (``trait.answer_match.math_equal``, the one math-verify matcher of
 the project); text by words, case-insensitively.
 Each verdict is True or False, so every per-sample score is 0 or 1.
 """
@@ -34,7 +34,7 @@ from lm_eval.tasks.minerva_math.utils import (
     normalize_final_answer,
 )
 
-from synth.answers import choice_letter, math_equal, normalise_label
+from trait.answer_match import choice_letter, math_equal, normalise_label
 
 ANSWER_KINDS = ("number", "math", "choice", "text")
 # A number as written in prose: sign, "$", thousands groups or plain digits, decimals, a "/d" fraction, "%".

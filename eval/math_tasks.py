@@ -38,7 +38,7 @@ from lm_eval.tasks.minerva_math.utils import (
 )
 
 from eval.answers import answers_equal, flexible_answer, parse_number, strict_answer
-from synth.answers import math_equal
+from trait.answer_match import math_equal
 from trait.benchmarks import EVAL_FILES, BenchmarkError, shared_data_file
 
 CHOOSE = "What of the following is the right choice? Explain your answer."

@@ -30,7 +30,7 @@ from lm_eval.tasks import TaskManager
 
 from eval.backends import open_backend
 from eval.metrics import score_ci, stratified_bootstrap_ci
-from eval.report import write_outputs
+from eval.results import write_outputs
 from trait import UserError
 from trait.config import ConfigError, field, from_dict, to_dict
 from trait.outputs import check_output
@@ -38,7 +38,7 @@ from trait.outputs import check_output
 log = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 ALIASES = {"math": "trait_math_all", "ads": "trait_ads_all"}
-RESULT_FILES = ("results.json", "results.md", "samples")  # what eval.report.write_outputs writes into ``output``
+RESULT_FILES = ("results.json", "results.md", "samples")  # what eval.results.write_outputs writes into ``output``
 
 
 @dataclasses.dataclass

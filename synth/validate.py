@@ -14,8 +14,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
-from synth.answers import ANSWER_KINDS, answer_matches
 from synth.passage import PARSE_REASONS, ParsedPassage, parse_output
+from trait.answer_match import MATCHES, answer_matches
 from trait.config import ConfigError, field
 from trait.decontam import DecontamConfig, NgramIndex, build_index
 from trait.minhash import DedupConfig, find_duplicates
@@ -46,8 +46,8 @@ class ValidationConfig:
     max_chars: int = field(30000, help="most characters in the assembled passage")
     min_paragraph_words: int = field(5, help="fewest words in each problem paragraph and the enlightenment")
     check_answers: bool = field(True, help="compare each paragraph's final answer with the reference answer")
-    answer_kinds: dict[str, str] = field(default_factory=dict, help="task name -> how its answer is compared: "
-                                         f"{', '.join(ANSWER_KINDS)} (tasks not listed: auto)")
+    answer_match: dict[str, str] = field(default_factory=dict, help="task name -> how its answer is matched: "
+                                         f"{', '.join(MATCHES)} (tasks not listed: auto)")
     reject_truncated: bool = field(True, help="reject outputs that stopped at max_tokens (finish_reason length)")
     include_problem_text: bool = field(False, help="put each problem's statement before its paragraph")
     on_failure: str = field("drop", help="drop: rejected passages go to quarantine only; flag: they are also "
@@ -65,9 +65,9 @@ class ValidationConfig:
         if not 0 <= self.min_words <= self.max_words or not 0 <= self.min_chars <= self.max_chars:
             raise ConfigError(f"length bounds need 0 <= min <= max: words [{self.min_words}, {self.max_words}], "
                               f"chars [{self.min_chars}, {self.max_chars}]")
-        bad = {t: k for t, k in self.answer_kinds.items() if k not in ANSWER_KINDS}
+        bad = {t: m for t, m in self.answer_match.items() if m not in MATCHES}
         if bad:
-            raise ConfigError(f"answer_kinds {bad}: each kind must be one of {', '.join(ANSWER_KINDS)}")
+            raise ConfigError(f"answer_match {bad}: each must be one of {', '.join(MATCHES)}")
         self.dedup.validate()
         if self.decontaminate:
             self.decontam.validate()
@@ -76,13 +76,14 @@ class ValidationConfig:
 @dataclass
 class Verdict:
     """One output's judgement: reason None means accepted. ``text`` is the assembled passage (None when the
-    output could not be parsed); ``answers`` holds per problem True (matches), False (wrong) or None (unchecked)."""
+    output could not be parsed); ``answer_checks`` holds per problem True (matches), False (wrong) or None
+    (unchecked)."""
 
     reason: str | None
     detail: str | None = None
     text: str | None = None
     passage: ParsedPassage | None = None
-    answers: tuple[bool | None, ...] = ()
+    answer_checks: tuple[bool | None, ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -133,15 +134,15 @@ class PassageValidator:
         if words > cfg.max_words or chars > cfg.max_chars:
             return Verdict("too_long", f"{words} words, {chars} chars; maximum {cfg.max_words} words, "
                            f"{cfg.max_chars} chars", text, passage)
-        answers: tuple[bool | None, ...] = ()
+        checks: tuple[bool | None, ...] = ()
         if cfg.check_answers:
-            answers = tuple(answer_matches(cfg.answer_kinds.get(p.task, "auto"), p.answer, answer, paragraph)
-                            for p, answer, paragraph in zip(problems, passage.final_answers, passage.paragraphs))
-            wrong = [i for i, ok in enumerate(answers, start=1) if ok is False]
+            checks = tuple(answer_matches(cfg.answer_match.get(p.task, "auto"), p.answer, answer, paragraph)
+                           for p, answer, paragraph in zip(problems, passage.final_answers, passage.paragraphs))
+            wrong = [i for i, ok in enumerate(checks, start=1) if ok is False]
             if wrong:
                 return Verdict("wrong_answer", f"problem(s) {wrong}: final answer does not match the reference",
-                               text, passage, answers)
-        return Verdict(None, None, text, passage, answers)
+                               text, passage, checks)
+        return Verdict(None, None, text, passage, checks)
 
     def check_many(self, ids: list[str],
                    outputs: list[tuple[str, list[ProblemLike], str, str | None]]) -> list[Verdict]:
@@ -154,7 +155,7 @@ class PassageValidator:
             self.remove_duplicates(ids, verdicts)
         for verdict in verdicts:
             self.counts[verdict.reason or "accepted"] += 1
-            for ok in verdict.answers:
+            for ok in verdict.answer_checks:
                 self.answer_counts["unchecked" if ok is None else "matched" if ok else "wrong"] += 1
         return verdicts
 
@@ -181,10 +182,10 @@ class PassageValidator:
                 verdict.detail = f"duplicates {kept}"
 
     def summary(self) -> dict:
-        """Counts for the manifest: outputs, accepted, rejected, by reason, the parse-failure rate, answers."""
+        """Counts for the manifest: outputs, accepted, rejected, by reason, the parse-failure rate, answer checks."""
         total = sum(self.counts.values())
         parse_failures = sum(self.counts[r] for r in PARSE_REASONS)
         return {"outputs": total, "accepted": self.counts["accepted"], "rejected": total - self.counts["accepted"],
                 "by_reason": {r: self.counts[r] for r in REJECT_REASONS if self.counts[r]},
                 "parse_failures": parse_failures, "parse_failure_rate": parse_failures / total if total else 0.0,
-                "answers": dict(sorted(self.answer_counts.items())), "on_failure": self.config.on_failure}
+                "answer_checks": dict(sorted(self.answer_counts.items())), "on_failure": self.config.on_failure}

@@ -21,7 +21,7 @@ from eval.metrics import (
     stratified_bootstrap_ci,
     wilson,
 )
-from eval.report import markdown_table
+from eval.results import markdown_table
 from eval.run import TASKS_DIR, _KeepingTaskManager, resolve_tasks
 from trait import UserError
 

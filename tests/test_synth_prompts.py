@@ -113,8 +113,8 @@ def test_parse_annotation(raw, fmt, expected):
 
 def test_importing_synth_loads_no_engine():
     # A fresh interpreter: other test modules in the same session import pyspark themselves.
-    code = ("import sys, synth.prompts, synth.passage, synth.validate, synth.answers\n"
-            "synth.answers.answer_matches('math', '1/2', '0.5')\n"
+    code = ("import sys, synth.prompts, synth.passage, synth.validate, trait.answer_match\n"
+            "trait.answer_match.answer_matches('math', '1/2', '0.5')\n"
             "print(sorted({'torch', 'vllm', 'pyspark'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from synth.answers import answer_matches, choice_letter, resolve_kind
 from synth.passage import parse_failure_summary, parse_output, without_enlightenment
 from synth.prompts import PromptProblem, render_passage_prompt
 from synth.validate import PassageValidator, ValidationConfig
+from trait.answer_match import answer_matches, choice_letter, resolve_match
 from trait.config import ConfigError, from_dict
 from trait.decontam import DecontamConfig
 
@@ -55,7 +55,7 @@ MATH = [Problem("math", "What is 1/2 as a fraction?", "\\frac{1}{2}"), Problem("
 def test_math_answers_with_math_verify(answers, reason):
     verdict = _validator().check(_output(answers), MATH, "json")
     assert verdict.reason == reason, verdict.detail
-    assert verdict.answers == ((True, True) if reason is None else tuple(a in ("\\boxed{1/2}", "0.5", "1,000",
+    assert verdict.answer_checks == ((True, True) if reason is None else tuple(a in ("\\boxed{1/2}", "0.5", "1,000",
                                                                                "$1,000", "1000") for a in answers))
 
 
@@ -71,14 +71,14 @@ def test_math_answers_with_math_verify(answers, reason):
     ("\\$32", "32", True),
 ])
 def test_math_answer_forms(reference, stated, expected):
-    assert resolve_kind("auto", reference) == "math"
+    assert resolve_match("auto", reference) == "math"
     assert answer_matches("auto", reference, stated) is expected
 
 
 def test_math_answer_found_in_paragraph_when_not_stated():
     paragraphs = [f"{FILLER} So the value is $\\boxed{{\\frac{{1}}{{2}}}}$.", f"{FILLER} In total 1,000 items."]
     verdict = _validator().check(_output(["", ""], paragraphs), MATH, "json")
-    assert verdict.reason is None and verdict.answers == (True, True)
+    assert verdict.reason is None and verdict.answer_checks == (True, True)
 
 
 def test_math_verify_off_the_main_thread():
@@ -93,25 +93,25 @@ def test_math_verify_off_the_main_thread():
 def test_mmlu_letter_match():
     problems = [Problem("mmlu", "Find all c in Z_3 ...", "B"), Problem("gsm8k", "How many?", "18")]
     validator = _validator()
-    assert validator.check(_output(["(B) 1", "18"]), problems, "json").answers == (True, True)
+    assert validator.check(_output(["(B) 1", "18"]), problems, "json").answer_checks == (True, True)
     assert validator.check(_output(["B.", "$18"]), problems, "json").reason is None
     wrong = validator.check(_output(["C", "18"]), problems, "json")
-    assert (wrong.reason, wrong.answers) == ("wrong_answer", (False, True))
+    assert (wrong.reason, wrong.answer_checks) == ("wrong_answer", (False, True))
     assert choice_letter("The correct answer is (D) because ...") == "D"
     assert choice_letter("A train leaves at noon; the answer is C.", leading=False) == "C"
-    assert resolve_kind("auto", "B") == "choice"
+    assert resolve_match("auto", "B") == "choice"
 
 
 def test_label_and_free_text_answers():
-    assert resolve_kind("auto", "Good") == "none"  # free text: unchecked unless the task says label
-    assert resolve_kind("auto", None) == "none"
-    assert resolve_kind("auto", "\\text{Monday}") == "none"  # no digit or formula outside \text{}
+    assert resolve_match("auto", "Good") == "none"  # free text: unchecked unless the task says label
+    assert resolve_match("auto", None) == "none"
+    assert resolve_match("auto", "\\text{Monday}") == "none"  # no digit or formula outside \text{}
     problems = [Problem("qadsm", "Is the ad relevant?", "Good"), Problem("title", "Title?", "Nike Air Max 90")]
-    validator = _validator(answer_kinds={"qadsm": "label"})
-    assert validator.check(_output(["good.", "anything"]), problems, "json").answers == (True, None)
+    validator = _validator(answer_match={"qadsm": "label"})
+    assert validator.check(_output(["good.", "anything"]), problems, "json").answer_checks == (True, None)
     assert validator.check(_output(["Bad", "anything"]), problems, "json").reason == "wrong_answer"
-    with pytest.raises(ConfigError, match="each kind must be one of"):
-        from_dict(ValidationConfig, {"answer_kinds": {"qadsm": "fuzzy"}, "decontaminate": False})
+    with pytest.raises(ConfigError, match="answer_match .* each must be one of"):
+        from_dict(ValidationConfig, {"answer_match": {"qadsm": "fuzzy"}, "decontaminate": False})
 
 
 def test_length_bounds_and_short_paragraphs():
@@ -176,7 +176,7 @@ def test_dedup_removes_near_copy_and_counts_reasons():
     assert summary["by_reason"] == {"invalid_json": 1, "near_duplicate": 1}
     assert (summary["outputs"], summary["accepted"], summary["rejected"]) == (4, 2, 2)
     assert (summary["parse_failures"], summary["parse_failure_rate"]) == (1, 0.25)
-    assert summary["answers"] == {"matched": 6}
+    assert summary["answer_checks"] == {"matched": 6}
 
 
 def test_decontamination_rejects_a_quoted_gsm8k_test_question():
@@ -224,4 +224,4 @@ def test_real_vllm_structured_passages_always_parse():
     verdicts = validator.check_many([str(i) for i in range(4)],
                                     [(c.text, g, "json", c.finish_reason) for c, g in zip(completions, groups)])
     # Random weights cannot solve GSM8K: each passage's first answer is checked and wrong.
-    assert [(v.reason, v.answers[0]) for v in verdicts] == [("wrong_answer", False)] * 4
+    assert [(v.reason, v.answer_checks[0]) for v in verdicts] == [("wrong_answer", False)] * 4

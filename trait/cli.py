@@ -261,7 +261,7 @@ def _eval_run_flags(limit_of: str, output_help: str, output_required: bool,
 
 
 def _eval(cfg, args) -> None:
-    from eval.report import markdown_table
+    from eval.results import markdown_table
     from eval.run import run_eval
 
     result = run_eval(args.model, args.tasks, backend=args.backend, limit=args.limit, output=args.output,

@@ -1,11 +1,15 @@
-"""Does a paragraph's final answer match the problem's reference answer?
+"""Does an answer match a problem's reference answer? The one math-verify matcher of the project.
 
-Kinds (``ANSWER_KINDS``): ``math`` compares mathematically with math-verify (``\\boxed{1/2}`` equals ``0.5``,
+Synth's passage validation asks it of each paragraph's final answer (``ValidationConfig.answer_match``), and eval's
+answer equivalence (``eval.answers``) uses its math-verify comparison and its choice and label readers.
+
+Matches (``MATCHES``): ``math`` compares mathematically with math-verify (``\\boxed{1/2}`` equals ``0.5``,
 ``1,000`` equals ``1000``); ``choice`` compares a multiple-choice letter (MMLU: "(B)", "B.", "The answer is B");
 ``label`` compares normalised text (case, white space and punctuation ignored: "Good" equals "good."); ``none``
 checks nothing. ``auto`` picks ``none`` for a missing reference, ``choice`` for a single letter A-E, ``math`` when
 the reference has a digit, a backslash, ``^`` or ``=``, no word of 3+ letters outside LaTeX commands, and
-math-verify parses it; else ``none`` (free text such as a rewritten query cannot be matched exactly).
+math-verify parses it; else ``none`` (free text such as a rewritten query cannot be matched exactly). (Not eval's
+*answer kinds*, ``eval.answers.ANSWER_KINDS``: the form a benchmark's gold answer takes.)
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 import threading
 import unicodedata
 
-ANSWER_KINDS = ("auto", "math", "choice", "label", "none")
+MATCHES = ("auto", "math", "choice", "label", "none")
 _LETTER = re.compile(r"^\W*\(?([A-E])\)?(?:[.):]|\s|$)")
 _ANSWER_IS = re.compile(r"answer(?: is|:)?\s*(?:option\s*)?\(?([A-E])\)?\b", re.IGNORECASE)
 _BARE_LETTER = re.compile(r"^\(?([A-E])\)?$")
@@ -52,12 +56,12 @@ def _math_parse(text: str, short: bool = True):
     return parse(text, **_math_verify_timeouts())
 
 
-def resolve_kind(kind: str, reference: str | None) -> str:
-    """The concrete kind for a reference answer: ``auto`` resolved as the module docstring says."""
-    if kind not in ANSWER_KINDS:
-        raise ValueError(f"answer kind {kind!r} is not one of {', '.join(ANSWER_KINDS)}")
-    if kind != "auto":
-        return kind
+def resolve_match(match: str, reference: str | None) -> str:
+    """The concrete match for a reference answer: ``auto`` resolved as the module docstring says."""
+    if match not in MATCHES:
+        raise ValueError(f"answer match {match!r} is not one of {', '.join(MATCHES)}")
+    if match != "auto":
+        return match
     if reference is None or not reference.strip():
         return "none"
     if _BARE_LETTER.match(reference.strip()):
@@ -86,20 +90,20 @@ def choice_letter(text: str, leading: bool = True) -> str | None:
     return stated[-1].upper() if stated else None
 
 
-def answer_matches(kind: str, reference: str | None, final_answer: str | None, paragraph: str = "") -> bool | None:
-    """True or False when the answer could be compared, None when ``kind`` (after ``auto``) checks nothing.
+def answer_matches(match: str, reference: str | None, final_answer: str | None, paragraph: str = "") -> bool | None:
+    """True or False when the answer could be compared, None when ``match`` (after ``auto``) checks nothing.
 
     The final answer is what the generator stated; when it stated none, the paragraph is searched instead (the
     last boxed or final number for math, "answer is X" for choice). Nothing found counts as a wrong answer."""
-    kind = resolve_kind(kind, reference)
-    if kind == "none" or reference is None:
+    match = resolve_match(match, reference)
+    if match == "none" or reference is None:
         return None
     stated = bool(final_answer and final_answer.strip())
     candidate = final_answer if stated else paragraph
-    if kind == "choice":
+    if match == "choice":
         want, got = choice_letter(reference), choice_letter(candidate, leading=stated)
         return want is not None and got == want
-    if kind == "label":
+    if match == "label":
         return normalise_label(candidate) == normalise_label(reference)
     return math_equal(reference, candidate, short=stated)
 
