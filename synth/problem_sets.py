@@ -109,7 +109,7 @@ class ProblemSet:
 
 @dataclass(frozen=True)
 class Problem:
-    """One seed problem: stable id, task, text, reference answer (None: none), entity keys (normalised)."""
+    """One problem of a problem set: stable id, task, text, reference answer (None: none), entity keys (normalised)."""
 
     id: str
     task: str

@@ -366,7 +366,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         _baseline_dsir, _spark_flags("finished contract dataset: the pool", extra=lambda p: p.add_argument(
             "--target", required=True, help="finished contract dataset: the in-domain seed (target distribution)"))),
     ("synth", "generate"): Command(
-        "group seed problems, generate and validate passages (resumable)", "synth.generate:SynthConfig",
+        "group the problem sets' problems, generate and validate passages (resumable)", "synth.generate:SynthConfig",
         _synth_generate, lambda p: (
             p.add_argument("--chunk", type=int, default=0, help="this run's chunk (a Slurm array task id)"),
             p.add_argument("--num-chunks", type=int, default=1, help="chunks the groups are split into"),

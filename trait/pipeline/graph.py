@@ -267,7 +267,7 @@ def build_stages(cfg: PipelineConfig, run_dir: str | Path | None = None) -> list
 
 
 def _problem_set_files(synth) -> list[str]:
-    """The downstream tasks' data files (their train problems seed the passages)."""
+    """The problem sets' data files (the passages are written about their problems)."""
     from synth.problem_sets import load_problem_sets, problem_set_files
 
     return problem_set_files(load_problem_sets(synth.problem_sets), synth.shared_data)
