@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from trait.config import to_dict
-from trait.minhash import NORMALISER_VERSION, DedupConfig, band_keys, signatures
+from trait.minhash import DedupConfig, band_keys, signatures
 
 from .dataset import DatasetError, JobOutput, open_dataset, parts_glob, read_parts
 from .dedup_graph import candidate_pairs, connected_components, verified_edges
@@ -126,7 +126,7 @@ def run_dedup(spark, config: DedupConfig, input_path: str, output: str, overwrit
     from pyspark.sql import functions as F
 
     df, upstream = open_dataset(spark, input_path)
-    job = JobOutput(spark, output, "dedup", {**to_dict(config), "normaliser": NORMALISER_VERSION},
+    job = JobOutput(spark, output, "dedup", to_dict(config),
                     [parts_glob(input_path)], overwrite)
     if (done := job.finished()) is not None:
         return done
@@ -164,7 +164,7 @@ def run_dedup(spark, config: DedupConfig, input_path: str, output: str, overwrit
            "s_curve_midpoint": round((1 / config.bands) ** (1 / config.rows), 4),
            "candidate_probability_at_threshold": round(config.candidate_probability(config.threshold), 4),
            "shingle_hash": "xxh3_64 of the UTF-8 shingle", "exact_hash": "xxh3_128 of the normalised text",
-           "permutations": "(a x + b) mod 2^61-1, a < 2^32", "normaliser": NORMALISER_VERSION}
+           "permutations": "(a x + b) mod 2^61-1, a < 2^32", "normaliser": config.normaliser}
     return job.commit(stats=dedup_stats(df), extra={
         "tokenizer": upstream.get("tokenizer"), "classifiers": upstream.get("classifiers", {}),
         "dedup": {**graph, **lsh}})

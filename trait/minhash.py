@@ -4,8 +4,13 @@ One implementation for the Spark ``dedup`` job (which runs these functions on it
 synthetic-passage generator (which calls ``find_duplicates`` on a few thousand passages in memory). Imports only
 the standard library, numpy and xxhash, so ``synth/`` can use it without pyspark.
 
-- Normalisation: NFKC, lower case, tokens are runs of word characters or single punctuation marks, joined by one
-  space. White space and case variants become equal; punctuation stays, so ``x+1`` and ``x-1`` stay different.
+- Normalisation (``normaliser``), two to choose from:
+  ``dedup-v1`` (the default): NFKC, lower case, tokens are runs of word characters or single punctuation marks,
+  joined by one space. White space and case variants become equal; digits and punctuation stay, so ``x+1`` and
+  ``x-1`` stay different.
+  ``datatrove``: datatrove's and FineWeb's ``simplify_text`` (``trait.simplify``): lower case, numbers to ``0``,
+  punctuation dropped, accents stripped; tokens are the whitespace-separated words. Texts that differ only in
+  their numbers (``May 17`` vs ``June 3``) or punctuation become equal.
 - Exact key: xxh3-128 of the normalised text (hex); a text that normalises to nothing keys on its own bytes.
 - Shingles: word n-grams over the tokens (``shingle_size``, default 5); a text with fewer tokens is one shingle.
   A shingle's hash is xxh3-64 (seed 0) of its UTF-8 bytes: stable across processes, machines and versions,
@@ -28,8 +33,8 @@ import xxhash
 
 from trait import UserError
 from trait.config import ConfigError, field
+from trait.simplify import simplify_text
 
-NORMALISER_VERSION = "dedup-v1"
 MERSENNE_61 = (1 << 61) - 1
 
 _P = np.uint64(MERSENNE_61)
@@ -37,6 +42,19 @@ _LOW32, _LOW29 = np.uint64(0xFFFFFFFF), np.uint64((1 << 29) - 1)
 _S29, _S32, _S61 = np.uint64(29), np.uint64(32), np.uint64(61)
 _CHUNK = 512  # shingles per numpy block: 512 x 128 perms x 8 B = 512 KiB per temporary, inside L2 (measured best)
 _TOKENS = re.compile(r"\w+|[^\w\s]")
+
+
+def tokens(text: str) -> list[str]:
+    """``dedup-v1`` tokens: NFKC, lower case, word runs and single punctuation marks."""
+    return _TOKENS.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def simplified_words(text: str) -> list[str]:
+    """``datatrove`` tokens: the whitespace-separated words of ``simplify_text``."""
+    return simplify_text(text).split()
+
+
+NORMALISERS = {"dedup-v1": tokens, "datatrove": simplified_words}  # name (recorded in every manifest) -> tokens
 
 
 @dataclass
@@ -51,6 +69,10 @@ class DedupConfig:
     num_perm: int | None = field(None, help="optional check: when given, must equal bands * rows")
     min_candidate_probability: float = field(0.5, help="refuse bands/rows whose chance of making a pair at exactly "
                                              "the threshold a candidate, 1 - (1 - t^rows)^bands, is below this")
+    normaliser: str = field("dedup-v1", help="text normalisation before hashing: 'dedup-v1' (NFKC, lower case, "
+                            "words and punctuation marks as tokens: digits and punctuation count) or 'datatrove' "
+                            "(datatrove's and FineWeb's: lower case, numbers to 0, punctuation and accents dropped; "
+                            "docs/selection.md)")
 
     @property
     def permutations(self) -> int:
@@ -67,6 +89,8 @@ class DedupConfig:
         return 1.0 - (1.0 - jaccard**self.rows) ** self.bands
 
     def validate(self) -> None:
+        if self.normaliser not in NORMALISERS:
+            raise ConfigError(f"normaliser must be one of {', '.join(NORMALISERS)}, got {self.normaliser!r}")
         for name in ("shingle_size", "bands", "rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -85,18 +109,14 @@ class DedupConfig:
                 "or fewer rows, or a higher threshold")
 
 
-def tokens(text: str) -> list[str]:
-    """Normalised tokens: NFKC, lower case, word runs and single punctuation marks."""
-    return _TOKENS.findall(unicodedata.normalize("NFKC", text).lower())
-
-
-def normalise(text: str) -> str:
+def normalise(text: str, normaliser: str = "dedup-v1") -> str:
     """The text exact deduplication compares: its tokens joined by single spaces."""
-    return " ".join(tokens(text))
+    return " ".join(NORMALISERS[normaliser](text))
 
 
 def exact_key(text: str, normalised: str | None = None) -> str:
-    """32 hex chars: xxh3-128 of the normalised text, or of the text itself when it normalises to nothing."""
+    """32 hex chars: xxh3-128 of the normalised text (``dedup-v1`` unless given), or of the text itself when it
+    normalises to nothing."""
     normalised = normalise(text) if normalised is None else normalised
     return xxhash.xxh3_128_hexdigest((normalised or text).encode("utf-8", "surrogatepass"))
 
@@ -144,9 +164,10 @@ def signatures(texts: list[str], config: DedupConfig) -> tuple[np.ndarray, np.nd
     """MinHash signatures of ``texts``: (uint64 array (n, num_perm), bool array (n,) True where the text has any
     token (rows without are all ones), exact keys). Shingles of all texts go through numpy in blocks of _CHUNK."""
     a, b = permutations(config.permutations, config.seed)
+    tokenise = NORMALISERS[config.normaliser]
     hashes, counts, keys = [], np.zeros(len(texts), dtype=np.int64), []
     for i, text in enumerate(texts):
-        toks = tokens(text)
+        toks = tokenise(text)
         keys.append(exact_key(text, " ".join(toks)))
         h = shingle_hashes(toks, config.shingle_size)
         hashes.append(h)
