@@ -2,7 +2,7 @@
 ``local[2]``, both pinned with ``taskset`` to the same 2 CPUs.
 
     python -m benchmarks.dsir_throughput [--docs N] [--work .bench/dsir]     (make bench-dsir)
-    python -m benchmarks.dsir_throughput --quick      (1,500 documents: a smoke test of this script)
+    python -m benchmarks.dsir_throughput --quick      (1,500 documents: a regression check)
 
 Corpus: the shared Wikipedia, PlanetMath and web documents (``benchmarks.score_throughput.read_base``), in seeded
 shuffled order, repeated only past ~22k documents, to ``--docs`` (default 27,000: ~310 MB of text); the target is
@@ -12,8 +12,9 @@ length 100 words; the reference samples 10% of the documents, the job 10% of the
 
 Timed, each in a fresh process: reference ``fit_importance_estimator()`` + ``compute_importance_weights()`` +
 ``resample()``; the job's whole ``run_dsir`` call (fit, weights, Gumbel top-k cut, Parquet output, statistics,
-manifest), not the Spark session start. Goal: the job at least 2x the reference's docs/s. One round (the run is
-several minutes); variation on a shared VM is +-20%.
+manifest), not the Spark session start. Goal: the job at least 2x the reference's docs/s (with --quick, where
+Spark's fixed costs dominate, QUICK_GOAL); judged by ``benchmarks.gates``. One round (the run is several
+minutes); variation on a shared VM is +-20%.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.gates import Gate, record
 from benchmarks.score_throughput import REPO, ingest, read_base, write_jsonl
 from trait.benchmarks import default_shared_data
 
 DEFAULT_DOCS, QUICK_DOCS, TARGET_DOCS = 27_000, 1_500, 2_000
 GOAL = 2.0
+QUICK_GOAL = 0.5  # 1,500 documents: the job measured 0.92x (Spark's start and scheduling dominate)
 
 
 def setup(work: Path, data: Path, docs: int) -> dict:
@@ -137,9 +140,10 @@ def main() -> None:
         print(f"| {label} | {r['seconds']:.1f} | {r['fit_s']:.1f} | {docs / r['seconds']:,.0f} | "
               f"{corpus['mb'] / r['seconds']:.2f} |")
     ratio = results["reference"]["seconds"] / results["job"]["seconds"]
-    print(f"\njob / reference throughput = {ratio:.2f}x ({'PASS' if ratio >= GOAL else 'FAIL'}, goal >= {GOAL}x)")
     (work / ("bench-quick.json" if args.quick else "bench.json")).write_text(
         json.dumps({"corpus": corpus, "results": results, "ratio": ratio}, indent=2))
+    record("dsir_throughput", [Gate("dsir_throughput", "trait baseline dsir / data-selection 1.0.3 throughput", ratio,
+                                    QUICK_GOAL if args.quick else GOAL)], args.quick, {"results": results})
 
 
 if __name__ == "__main__":

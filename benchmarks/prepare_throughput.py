@@ -3,9 +3,12 @@ parallel designs it was chosen over, on the same chunks: worker processes (spawn
 thread pool (TOKENIZERS_PARALLELISM=true, one Python thread).
 
     python -m benchmarks.prepare_throughput [--mb 20] [--rounds 3]
+    python -m benchmarks.prepare_throughput --quick     (4 MB, 1 round, prepare with 1 and 2 workers only)
 
 Every run is a fresh Python process with a fresh cache directory; rounds interleave the runs so a busy neighbour
 slows all of them alike. Reports the best wall time of the rounds, the median, and CPU seconds (user + system).
+Gate (``benchmarks.gates``): prepare with 2 workers / 1 worker, best wall seconds, >= GOAL (QUICK_GOAL for --quick:
+on 4 MB the two workers' start weighs more).
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.gates import Gate, record
 from trait.benchmarks import default_shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 WIKI = Path(default_shared_data()) / "corpora" / "general" / "enwiki_2015_part1.jsonl.gz"
+GOAL, QUICK_GOAL = 1.5, 1.2
 
 # One run: argv = mode, dataset, tokenizer dir, cache dir. Prints {"tokens", "seconds"} as JSON.
 _RUN = r"""
@@ -102,7 +107,10 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=20.0, help="megabytes of text")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", default="prepare1,prepare2,rust-threads,processes2")
+    parser.add_argument("--quick", action="store_true", help="4 MB, 1 round, prepare1 and prepare2 only")
     args = parser.parse_args()
+    if args.quick:
+        args.mb, args.rounds, args.modes = 4.0, 1, "prepare1,prepare2"
     from trait.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +140,11 @@ def main() -> None:
             seconds = [x["seconds"] for x in rows]
             print(f"| {mode} | {rows[0]['tokens']:,} | {min(seconds):.2f} | {statistics.median(seconds):.2f} | "
                   f"{rows[0]['tokens'] / min(seconds):,.0f} | {statistics.median(x['cpu'] for x in rows):.1f} |")
+    if {"prepare1", "prepare2"} <= results.keys():
+        best = {m: min(x["seconds"] for x in results[m]) for m in ("prepare1", "prepare2")}
+        record("prepare_throughput", [Gate("prepare_throughput", "prepare, 2 workers / 1 worker, tokens/s (best "
+                                           "round)", best["prepare1"] / best["prepare2"],
+                                           QUICK_GOAL if args.quick else GOAL)], args.quick, results)
 
 
 if __name__ == "__main__":

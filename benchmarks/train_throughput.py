@@ -1,7 +1,7 @@
 """CPU training throughput: ``trait train``'s loop against a plain Hugging Face Trainer with DeepSpeed ZeRO-1.
 
     python -m benchmarks.train_throughput [--rounds 4] [--steps 30] [--threads 1]   (make bench-train)
-    python -m benchmarks.train_throughput --quick       (3 timed steps, 1 round: a smoke test of this script)
+    python -m benchmarks.train_throughput --quick       (3 timed steps, 1 round: a regression check)
     python -m benchmarks.train_throughput --procs 2     (both under torchrun: ZeRO-1 across 2 processes)
 
 Both sides train the same model from the same weights on the same sequences in the same order, with the same
@@ -58,11 +58,13 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.gates import Gate, record
 from trait.benchmarks import default_shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(default_shared_data())
 GOAL = 1.0
+QUICK_GOAL = 0.8  # 3 timed steps in one round: the ratio swings by +-15% under load
 # (name, file under shared/data/corpora, documents, weight): the example config's stage-1 mixture, 0.4/0.4/0.2.
 SOURCES = (("in_domain", "math/planetmath/planetmath_entries.jsonl.gz", 2000, 0.4),
            ("selected", "math/openstax/college_algebra_trig_precalculus_2e.jsonl.gz", 400, 0.4),
@@ -86,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # Not --nproc: argparse in torchrun, which starts the workers with these flags, reads it as --nproc-per-node.
     p.add_argument("--procs", type=int, default=1, help="processes per trainer: >1 starts both under torchrun "
                    "(ZeRO-1 across them over gloo; global batch = micro x accumulation x procs)")
-    p.add_argument("--quick", action="store_true", help="3 timed steps after 1, 1 round (smoke test)")
+    p.add_argument("--quick", action="store_true", help="3 timed steps after 1, 1 round (a regression check)")
     p.add_argument("--work", default=str(REPO / ".bench" / "train"), help="model, data, configs, outputs, logs")
     p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)  # one measured run (internal)
     args = p.parse_args(argv)
@@ -348,10 +350,13 @@ def main(argv=None) -> int:
     print(f"ours / hf tokens/CPU-s per round: {', '.join(f'{x:.3f}' for x in cpu)}; median "
           f"{statistics.median(cpu):.3f}x")
     print(f"ours / hf tokens/s per round: {', '.join(f'{x:.3f}' for x in ratios['tokens_per_s'])}; median "
-          f"{ratio:.3f}x ({'PASS' if ratio >= GOAL else 'FAIL'}, goal >= {GOAL}x)")
+          f"{ratio:.3f}x")
     (work / ("bench-quick.json" if args.quick else "bench.json")).write_text(json.dumps(
         {"args": vars(args), "results": results, "ratios": ratios, "median_ratio": ratio, "medians": med,
          "max_loss_gap": gap, "goal": GOAL}, indent=1))
+    record("train_throughput", [Gate("train_throughput", "trait train / HF Trainer + DeepSpeed ZeRO-1, tokens/s "
+                                     "(median of rounds)", ratio, QUICK_GOAL if args.quick else GOAL)], args.quick,
+           {"ratios": ratios})
     return 0
 
 
