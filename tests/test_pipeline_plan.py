@@ -162,10 +162,10 @@ def test_classifiers_are_validated_on_datasets_nothing_trains_on_before_the_repo
     paths = {s["name"]: s["path"] for s in check.config["sets"]}
     assert paths["seed-heldout"] == str(data / "seed_heldout") and paths["wiki-heldout"] == str(data / "pool_heldout")
     assert paths["openstax-contemporary"] == str(data / "input_unseen_math")
-    assert {"split_seed", "split_pool", "ingest_unseen_math", "ingest_tasks"} <= set(check.inputs)
+    assert {"split_seed", "split_pool", "ingest_unseen_math", "ingest_problems"} <= set(check.inputs)
     # the task problems are positives of the classifier too: the validation drops those it trained on
     positives = by_name["classifier_domain_math"].config["positives"]
-    assert str(data / "input_tasks") in [p["path"] for p in positives] and check.config["exclude_training"]
+    assert str(data / "input_problems") in [p["path"] for p in positives] and check.config["exclude_training"]
     assert "validate_domain_math" in by_name["report"].inputs
     assert "validate_quality_edu" not in by_name  # no labelled sets given for it
 

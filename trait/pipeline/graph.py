@@ -36,7 +36,7 @@ KIND_CODE = {
     "random": ["spark_jobs/baselines.py"],
     "dsir": ["spark_jobs/dsir.py", "spark_jobs/baselines.py"],
     "synth": ["synth/generate.py", "synth/grouping.py", "synth/prompts.py", "synth/validate.py", "synth/passage.py",
-              "synth/store.py", "synth/problem_sets.py"],
+              "synth/store.py", "synth/problem_sets.py", "synth/problem_files.py", "trait/answer_match.py"],
     "strip_enlightenment": ["synth/passage.py", "trait/pipeline/steps.py"],
     "base_model": ["trait/tiny_model.py", "trainer/train.py", "trainer/data.py"],
     "train": ["trainer/train.py", "trainer/data.py", "trainer/mixture.py", "trainer/token_cache.py",
