@@ -1,21 +1,26 @@
 """Rule-based quality signals: FineWeb's heuristic filters, as datatrove implements them (``trait score`` signals).
 
-``score_quality_heuristic_v1`` is the fraction of four datatrove 0.10.1 filters a document passes: 0, 0.25, 0.5,
-0.75 or 1. The filters and their settings are FineWeb's (datatrove ``examples/fineweb.py``: the library defaults,
-and the C4 filter without its terminal-punctuation line rule); each judges the document as given:
+Each signal is the fraction of four datatrove 0.10.1 filters a document passes: 0, 0.25, 0.5, 0.75 or 1, each filter
+judging the document as given:
 
 - ``GopherRepetitionFilter`` (Gopher, Rae et al. 2021, table A1): share of duplicated lines and paragraphs, of
   characters in them, in the most frequent 2-4-grams and in duplicated 5-10-grams;
 - ``GopherQualityFilter`` (same paper): 50 to 100,000 words, mean word length 3 to 10, '#' and '...' under 10% of
   words, bullet lines <= 90%, lines ending in '...' <= 30%, >= 80% of words with a letter, >= 2 of 8 stop words;
-- ``C4QualityFilter(filter_no_terminal_punct=False)`` (C4, Raffel et al. 2020): >= 5 sentences in lines of >= 3
-  words, no 'lorem ipsum', no curly bracket (lines with 'javascript' or cookie/terms text do not count);
+- ``C4QualityFilter`` (C4, Raffel et al. 2020): >= 5 sentences in lines of >= 3 words, no 'lorem ipsum', no curly
+  bracket (lines with 'javascript' or cookie/terms text do not count);
 - ``FineWebQualityFilter`` (FineWeb, Penedo et al. 2024): >= 12% of lines end in punctuation, <= 67% of lines are
   30 characters or shorter, <= 1% of characters in duplicated lines, newlines <= 30% of words.
 
+``score_quality_heuristic_v1`` uses FineWeb's settings (datatrove ``examples/fineweb.py``: the library defaults, and
+the C4 filter without its rule that drops lines not ending in punctuation). They reject mathematics: LaTeX has curly
+brackets, and formulas are words without a letter, so on the demo seed only 0-14% of PlanetMath and OpenStax
+entries pass all four (mean scores 0.35 and 0.14). ``score_quality_heuristic_math_v1`` turns those two rules off
+(C4's curly bracket, Gopher's words with a letter) and keeps the rest.
+
 Why a fraction and not FineWeb's all-or-nothing: a graded score ranks documents, so ``trait select`` can cut it at
-a percentile. On web documents labelled good or bad (docs/quality-validation.md) it ranks them with ROC-AUC 0.84
-(dev part), against 0.63 for the fastText reference-vs-crawl classifier.
+a percentile. Figures against web documents labelled good or bad: docs/quality-validation.md (v1: ROC-AUC 0.84 on
+the dev part and 0.75 on the test part; the fastText reference-vs-crawl classifier: 0.65 and 0.63).
 
 datatrove tokenises English words and sentences with spaCy (a blank ``en`` pipeline): both come with the
 ``quality`` extra. Cost: about 0.1 MB of text per second per core, spaCy's tokenisation most of it; fastText
@@ -34,7 +39,9 @@ import numpy as np
 from trait.config import ConfigError
 
 HEURISTIC_V1 = "score_quality_heuristic_v1"
-SIGNALS = (HEURISTIC_V1,)
+HEURISTIC_MATH_V1 = "score_quality_heuristic_math_v1"
+# column -> (C4's curly-bracket rule on, Gopher's minimum share of words with a letter)
+SIGNALS = {HEURISTIC_V1: (True, 0.8), HEURISTIC_MATH_V1: (False, None)}
 FILTERS = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality")
 INSTALL = "pip install -c constraints.txt -e '.[quality]'"
 
@@ -44,13 +51,16 @@ def check(columns: list[str]) -> None:
     unknown = [c for c in columns if c not in SIGNALS]
     if unknown:
         raise ConfigError(f"unknown quality signal(s) {unknown}; known: {', '.join(SIGNALS)}")
-    if columns:
-        _filters()
+    for column in columns:
+        _filters(column)
 
 
 def describe(column: str) -> dict:
     """What computes ``column``: the filters and the library versions (part of a score job's fingerprint)."""
-    return {"filters": list(FILTERS), "settings": "FineWeb's (C4 filter_no_terminal_punct=False)",
+    curly, alpha = SIGNALS[column]
+    return {"filters": list(FILTERS), "settings": {"c4.filter_no_terminal_punct": False,
+                                                   "c4.filter_curly_bracket": curly,
+                                                   "gopher_quality.max_non_alpha_words_ratio": alpha},
             "datatrove": metadata.version("datatrove"), "spacy": metadata.version("spacy")}
 
 
@@ -71,8 +81,8 @@ def _torch_blocked():
 
 
 @functools.cache
-def _filters() -> tuple:
-    """The four filters, built once per process (datatrove loads spaCy's tokenizer on first use)."""
+def _filters(column: str) -> tuple:
+    """The four filters of ``column``, built once per process (datatrove loads spaCy's tokenizer on first use)."""
     try:
         with _torch_blocked():
             import spacy  # noqa: F401  (datatrove's English tokenizer: without it, the first document fails)
@@ -83,30 +93,26 @@ def _filters() -> tuple:
             GopherRepetitionFilter,
         )
     except ImportError as exc:
-        raise ConfigError(f"{HEURISTIC_V1} needs datatrove and spaCy ({exc.name} is missing): {INSTALL}") from None
-    return (GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False),
-            FineWebQualityFilter())
+        raise ConfigError(f"{column} needs datatrove and spaCy ({exc.name} is missing): {INSTALL}") from None
+    curly, alpha = SIGNALS[column]
+    return (GopherRepetitionFilter(), GopherQualityFilter(max_non_alpha_words_ratio=alpha),
+            C4QualityFilter(filter_no_terminal_punct=False, filter_curly_bracket=curly), FineWebQualityFilter())
 
 
-def filter_verdicts(text: str) -> dict[str, str | None]:
-    """Per filter (``FILTERS``): None if ``text`` passes it, else datatrove's reason (e.g. 'gopher_short_doc')."""
+def filter_verdicts(text: str, column: str = HEURISTIC_V1) -> dict[str, str | None]:
+    """Per filter (``FILTERS``) of the signal ``column``: None if ``text`` passes it, else datatrove's reason (e.g.
+    'gopher_short_doc')."""
     from datatrove.data import Document
 
     out = {}
-    for name, flt in zip(FILTERS, _filters()):
+    for name, flt in zip(FILTERS, _filters(column)):
         verdict = flt.filter(Document(text=text, id=""))  # a fresh Document: the C4 filter rewrites its text
         out[name] = None if verdict is True else verdict[1]
     return out
 
 
-def heuristic_quality(texts: list[str]) -> np.ndarray:
-    """``score_quality_heuristic_v1`` of each text: the fraction of ``FILTERS`` it passes, float32."""
-    return np.array([sum(v is None for v in filter_verdicts(t).values()) / len(FILTERS) for t in texts],
-                    dtype=np.float32)
-
-
 def score(column: str, texts: list[str]) -> np.ndarray:
-    """The signal ``column`` (one of ``SIGNALS``) of each raw text, float32."""
-    if column != HEURISTIC_V1:
-        raise ConfigError(f"unknown quality signal {column!r}; known: {', '.join(SIGNALS)}")
-    return heuristic_quality(texts)
+    """The signal ``column`` (one of ``SIGNALS``) of each raw text: the fraction of ``FILTERS`` it passes, float32."""
+    check([column])
+    return np.array([sum(v is None for v in filter_verdicts(t, column).values()) / len(FILTERS) for t in texts],
+                    dtype=np.float32)

@@ -51,8 +51,8 @@ MIN_SPLIT_BYTES, MAX_SPLIT_BYTES = 4 << 20, 128 << 20
 @dataclass
 class ScoreConfig:
     models: list[str] = field(default_factory=list, help="classifier directories (each with card.json and its .bin)")
-    signals: list[str] = field(default_factory=list, help="rule-based score columns to add (spark_jobs/"
-                               "quality_signals.py): score_quality_heuristic_v1 (FineWeb's filters, datatrove)")
+    signals: list[str] = field(default_factory=list, help="rule-based score columns to add: score_quality_heuristic_v1"
+                               " or score_quality_heuristic_math_v1 (FineWeb's filters; spark_jobs/quality_signals.py)")
     split_bytes: int | None = field(None, help="bytes of input Parquet per task; null: the input over 8 tasks "
                                     "per core (so the last wave is short), between 4 MiB and 128 MiB")
     batch_rows: int = field(2048, help="rows normalised and scored per Arrow batch")

@@ -1,4 +1,4 @@
-"""``score_quality_heuristic_v1``: datatrove's verdicts on pinned examples, the fraction, and the score job's column."""
+"""The heuristic quality signals: datatrove's verdicts on pinned examples, the fraction, and the score job's column."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from spark_jobs import quality_signals
-from spark_jobs.quality_signals import HEURISTIC_V1, filter_verdicts, heuristic_quality
+from spark_jobs.quality_signals import HEURISTIC_MATH_V1, HEURISTIC_V1, filter_verdicts, score
 from spark_jobs.score import ScoreConfig, run_score
 from trait.config import ConfigError, from_dict
 from trait.contract import finished_dataset, validate_table, write_text_dataset
@@ -31,8 +31,15 @@ CODE = "int main(void) {\n  printf(\"hello\");\n  return 0;\n}\n" + GOOD
 # GOOD without the full stop that ends each line: FineWeb runs the C4 filter without its rule that drops such lines
 # (with it, no line would be left and the C4 filter would fail the document: 'too_few_sentences').
 NO_FINAL_STOP = "\n".join(line.rstrip(".") for line in GOOD.split("\n"))
+MATH = ("Let $G$ be a finite group and let $H$ be a subgroup of $G$. The order of $H$ divides the order of $G$.\n"
+        "To see this, note that the left cosets $gH = \\{gh : h \\in H\\}$ partition $G$ into sets of equal size.\n"
+        "Each coset has exactly $|H|$ elements, since the map $h \\mapsto gh$ is a bijection from $H$ onto $gH$.\n"
+        "Hence $|G| = [G:H] \\cdot |H|$, where $[G:H]$ is the number of cosets.\n"
+        "In particular, the order of every element of $G$ divides $|G|$, because it is the order of the cyclic "
+        "subgroup that the element generates.")
 
-# datatrove 0.10.1's verdicts (None: passed), in FILTERS order: gopher_repetition, gopher_quality, c4, fineweb.
+# datatrove 0.10.1's verdicts (None: passed), in FILTERS order: gopher_repetition, gopher_quality, c4, fineweb;
+# (text, verdicts, score) under score_quality_heuristic_v1, and where the math variant differs, under it.
 PINNED = {
     "GOOD": (GOOD, [None, None, None, None], 1.0),
     "MENU": (MENU, ["top_4_gram", "gopher_short_doc", "too_few_sentences", "line_punct_ratio"], 0.0),
@@ -40,21 +47,26 @@ PINNED = {
     "SPAM": (SPAM, ["top_2_gram", "gopher_enough_stop_words", None, "line_punct_ratio"], 0.25),
     "CODE": (CODE, [None, None, "curly_bracket", None], 0.75),
     "NO_FINAL_STOP": (NO_FINAL_STOP, [None, None, None, "line_punct_ratio"], 0.75),
+    "MATH": (MATH, [None, "gopher_below_alpha_threshold", "curly_bracket", None], 0.5),
 }
+MATH_VARIANT = {"CODE": ([None, None, None, None], 1.0), "MATH": ([None, None, None, None], 1.0)}
 
 
 @pytest.mark.parametrize("name", list(PINNED))
 def test_each_filter_gives_datatroves_verdict(name):
     text, verdicts, _ = PINNED[name]
     assert filter_verdicts(text) == dict(zip(quality_signals.FILTERS, verdicts))
+    math_verdicts, _ = MATH_VARIANT.get(name, (verdicts, None))
+    assert filter_verdicts(text, HEURISTIC_MATH_V1) == dict(zip(quality_signals.FILTERS, math_verdicts))
 
 
 def test_the_score_is_the_fraction_of_filters_passed():
     texts = [text for text, _, _ in PINNED.values()]
-    scores = heuristic_quality(texts)
+    scores = score(HEURISTIC_V1, texts)
     assert scores.dtype == np.float32
     assert scores.tolist() == [fraction for _, _, fraction in PINNED.values()]
-    assert quality_signals.score(HEURISTIC_V1, texts).tolist() == scores.tolist()
+    assert score(HEURISTIC_MATH_V1, texts).tolist() == [MATH_VARIANT.get(name, (None, fraction))[1]
+                                                        for name, (_, _, fraction) in PINNED.items()]
 
 
 def test_unknown_signals_and_a_missing_library_are_refused(monkeypatch):
@@ -75,7 +87,7 @@ def test_the_signal_loads_no_torch_where_torch_is_installed():
     """spaCy's thinc imports torch when it can; the Python workers that score must not (spark_jobs never does)."""
     if importlib.util.find_spec("torch") is None:
         pytest.skip("torch is not installed: there is nothing to keep out")
-    code = ("import sys; from spark_jobs.quality_signals import heuristic_quality; heuristic_quality(['A line.']); "
+    code = ("import sys; from spark_jobs.quality_signals import HEURISTIC_V1, score; score(HEURISTIC_V1, ['A.']); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'thinc', 'spacy'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out == "['spacy', 'thinc']\n"
@@ -86,13 +98,14 @@ def test_the_score_job_adds_the_signal_column(spark, tmp_path):
     nothing ('$$' is markup only), the libraries' versions in the manifest."""
     texts = [GOOD, MENU, "$$", SPAM, CODE]
     source = write_text_dataset(tmp_path / "in", "web/test", texts)
-    manifest = run_score(spark, from_dict(ScoreConfig, {"signals": [HEURISTIC_V1]}), source, str(tmp_path / "out"))
+    cfg = from_dict(ScoreConfig, {"signals": [HEURISTIC_V1, HEURISTIC_MATH_V1]})
+    manifest = run_score(spark, cfg, source, str(tmp_path / "out"))
     out = finished_dataset(str(tmp_path / "out")).to_table()
     validate_table(out)
     assert out.schema.field(HEURISTIC_V1).type == pa.float32()
-    by_text = dict(zip(out.column("text").to_pylist(), out.column(HEURISTIC_V1).to_pylist()))
-    assert by_text == {GOOD: 1.0, MENU: 0.0, "$$": None, SPAM: 0.25, CODE: 0.75}
-    assert manifest["score_columns"] == [HEURISTIC_V1]
+    by_text = {t: (a, b) for t, a, b in zip(*(out.column(c).to_pylist() for c in ("text", *cfg.signals)))}
+    assert by_text == {GOOD: (1.0, 1.0), MENU: (0.0, 0.0), "$$": (None, None), SPAM: (0.25, 0.25), CODE: (0.75, 1.0)}
+    assert manifest["score_columns"] == [HEURISTIC_V1, HEURISTIC_MATH_V1]
     assert manifest["signals"][HEURISTIC_V1]["datatrove"] == "0.10.1"
     written = json.loads((Path(tmp_path / "out") / "manifest.json").read_text())
     assert written["counts"]["by_source"]["web/test"][f"{HEURISTIC_V1}_nulls"] == 1
