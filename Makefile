@@ -1,5 +1,6 @@
 # The README's commands. Every target first runs infra/setup.sh, which installs only what is missing.
-.PHONY: setup demo test test-fast docs bench bench-score bench-dsir bench-synth bench-train lint
+.PHONY: setup demo test test-fast docs bench bench-quick bench-env bench-score bench-dsir bench-synth bench-train \
+	bench-dedup lint
 
 setup:
 	bash infra/setup.sh
@@ -14,7 +15,25 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest -n 2 --dist loadfile
 
-bench: bench-score bench-dsir bench-synth bench-train
+# Benchmarks (docs/benchmarks.md), never part of `make test`. Each prints its tables and its gates (figure, ratio,
+# goal, PASS/FAIL: benchmarks/gates.py); `make bench` runs them all (about 1.5 hours) and ends with one summary table,
+# also written to runs/bench/summary.json; `make bench-quick` runs a reduced version of each (runs/bench-quick/) as a
+# regression check. A benchmark that fails goes on to the next; the summary shows it as FAIL and make exits 1.
+BENCHES = score_throughput dsir_throughput synth_throughput train_throughput dedup_agreement embed_throughput \
+	prepare_throughput
+bench: setup bench-env
+	.venv/bin/python -m benchmarks.gates begin --expect $(BENCHES)
+	for b in $(BENCHES); do .venv/bin/python -m benchmarks.$$b || echo "bench: $$b failed" >&2; done
+	.venv/bin/python -m benchmarks.gates summary
+
+bench-quick: setup bench-env
+	.venv/bin/python -m benchmarks.gates begin --quick --expect $(BENCHES)
+	for b in $(BENCHES); do .venv/bin/python -m benchmarks.$$b --quick || echo "bench: $$b failed" >&2; done
+	.venv/bin/python -m benchmarks.gates summary --quick
+
+# The tools TRAIT is measured against, in their own environment (.venv-bench: datatrove 0.10.1).
+bench-env:
+	bash infra/setup_bench.sh
 
 bench-score: setup
 	.venv/bin/python -m benchmarks.score_throughput
@@ -27,6 +46,9 @@ bench-synth: setup
 
 bench-train: setup
 	.venv/bin/python -m benchmarks.train_throughput
+
+bench-dedup: setup bench-env
+	.venv/bin/python -m benchmarks.dedup_agreement
 
 lint: setup
 	.venv/bin/ruff check .
