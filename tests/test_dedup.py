@@ -249,6 +249,30 @@ def test_oversized_buckets_fall_back_to_star_pairs(spark, tmp_path, planted):
         "oversized_buckets": manifest["dedup"]["oversized_buckets"], "pairs_skipped": skipped}
 
 
+def test_datatrove_normaliser_in_the_spark_job(spark, tmp_path, planted):
+    """normaliser: datatrove: stubs that differ only in their numbers and punctuation are exact duplicates; an
+    article with every digit changed and every 100th word too is a near one (its dedup-v1 Jaccard is < 0.75). The
+    job drops what the in-memory path drops and records the normaliser; dedup-v1 keeps all five."""
+    from spark_jobs.dedup import run_dedup
+
+    wiki = sorted(r["text"] for r in planted["table"].to_pylist() if r["source"] == "wiki/enwiki-2015")
+    base = next(t for t in wiki if len(t.split()) >= 1500 and len(re.findall(r"\d+", t)) >= 100)
+    renumbered = replace_every(re.sub(r"\d", lambda m: str((int(m.group()) + 1) % 10), base), 100, 0)
+    assert jaccard(base, renumbered) < 0.75
+    texts = ["May 17\n\nMay 17 is the 137th day of the year.", "May 18\n\nMay 18 is the 138th day of the year!",
+             base, renumbered, planted["c"]]
+    ids = ["d0", "d1", "d2", "d3", "d4"]
+    table = pa.Table.from_pylist([{"id": i, "source": "s", "text": t, "url": None, "n_tokens": 1}
+                                  for i, t in zip(ids, texts)], schema=planted["table"].schema)
+    path = write_dataset(tmp_path / "days", [table], {})
+    config = DedupConfig(normaliser="datatrove")
+    manifest = run_dedup(spark, config, path, str(tmp_path / "out"))
+    expected = {"d1": ("exact_duplicate", "d0"), "d3": ("near_duplicate", "d2")}
+    assert dropped_map(str(tmp_path / "out")) == expected == find_duplicates(ids, texts, config)
+    assert manifest["config"]["normaliser"] == manifest["dedup"]["normaliser"] == "datatrove"
+    assert find_duplicates(ids, texts, DedupConfig()) == {}
+
+
 def test_empty_corpus(spark, tmp_path, planted):
     from spark_jobs.dedup import run_dedup
 
@@ -279,6 +303,7 @@ def test_repeated_ids_are_refused(spark, tmp_path, planted):
     ({"bands": 2, "rows": 16}, "candidates"),  # S-curve far above the threshold: most 0.8 pairs missed
     ({"max_bucket_size": 1}, "max_bucket_size"),
     ({"band": 16}, "did you mean 'bands'"),
+    ({"normaliser": "fineweb"}, "normaliser must be one of dedup-v1, datatrove"),
 ])
 def test_bad_config(data, message):
     with pytest.raises(ConfigError, match=message):
