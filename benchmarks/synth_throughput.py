@@ -58,9 +58,11 @@ REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.9
 QUICK_GOAL = 0.6  # ~30 s runs: trait's fixed start-up (imports, loading and grouping problems, 3-5 s) weighs more
 DEFAULT_PROBLEMS, QUICK_PROBLEMS = 1000, 60
-# The smoke config: bounded schema strings make even a random-weight model stop well inside max_tokens.
-SYNTH = {"tasks": ["gsm8k", "math"], "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 1024, "seed": 0},
-         "max_paragraph_chars": 200, "max_answer_chars": 20}
+# The smoke config: bounded schema strings make even a random-weight model stop well inside max_tokens. The random
+# weights answer every problem wrong, and a run keeping none refuses to finish: on_failure flag keeps them (flagged).
+SYNTH = {"problem_sets": ["gsm8k", "math"],
+         "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 1024, "seed": 0},
+         "max_paragraph_chars": 200, "max_answer_chars": 20, "validation": {"on_failure": "flag"}}
 _COUNTER = re.compile(r"^vllm:generation_tokens_total\{[^}]*\}\s+([0-9.eE+]+)$", re.MULTILINE)
 
 
