@@ -19,7 +19,8 @@ ids, so ``trait classifier evaluate`` sees which of them a demo classifier train
 ``experiment_pool.jsonl`` (written beside them) is the rest of the Wikipedia file less every math title: negatives
 for classifiers trained to be judged on these sets; ``experiment_tasks.jsonl`` the benchmark train problems
 outside the validation samples (task-aware positives); ``experiment_web.jsonl`` the Pile documents outside the
-web validation sample (non-Wikipedia negatives: code, markup, forums, law, medicine).
+web validation sample (non-Wikipedia negatives: code, markup, forums, law, medicine); ``experiment_wiki_math.jsonl``
+encyclopedia math articles outside the validation titles (plain-text math positives, by TRAIN_WIKI_MATH).
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ WIKI_MATH_TITLES = [
 MATHLIKE = re.compile(r"theorem|lemma|conjecture|\(mathematics\)|algebra|topolog|manifold|polynomial|integral|"
                       r"equation|matri|statistic|probabilit|geometr|calculus|function\b|group\b|space\b|number\b|"
                       r"series\b|distribution\b|subgroup|\(statistics\)|mean\b", re.I)
+# Encyclopedia math for training (plain text like wiki-math, other articles): strict title patterns outside the
+# validation titles and the general tail, less the non-math titles they catch (written down after reading them).
+TRAIN_WIKI_MATH = re.compile(r"theorem|lemma|conjecture|\((mathematics|linear algebra|statistics|topology|group "
+                             r"theory|number theory|geometry|calculus)\)|algebra\b|topolog|manifold|polynomial|"
+                             r"integral\b|matrix|matrices|statistic|probabilit|geometry|calculus|subgroup|eigen|"
+                             r"isomorphism|homomorphism|differential equation|prime\b", re.I)
+NOT_MATH = re.compile(r"Prime [Mm]inister|Prime time|E-Prime|Diagnostic and Statistical|International Statistical|"
+                      r"Labor theory|Oxfordian|Knights of the Lambda|Rendering|Baseball statistics|Demographic|dilemma", re.I)
 GENERAL_WIKI_TAIL, N_GENERAL_WIKI, N_WEB, N_BENCH = 2000, 1000, 300, 500
 PILE_MATH = {"DM Mathematics", "ArXiv"}  # Pile components that are math: not general documents
 
@@ -97,6 +106,9 @@ def main() -> None:
     _write(out / "wiki_general.jsonl", _sample(general, N_GENERAL_WIKI, "id"))
     _write(out / "experiment_pool.jsonl", [r for r in wiki[:-GENERAL_WIKI_TAIL]
                                            if r["title"] not in titles and not MATHLIKE.search(r["title"])])
+    _write(out / "experiment_wiki_math.jsonl", [r for r in wiki[:-GENERAL_WIKI_TAIL] if r["title"] not in titles
+                                                and TRAIN_WIKI_MATH.search(r["title"])
+                                                and not NOT_MATH.search(r["title"])])
     pile = [r for r in _jsonl(data / "corpora/general/web_samples/dsir_toy_pile_data.jsonl")
             if r["metadata"]["pile_set_name"] not in PILE_MATH]
     pile = sorted(pile, key=lambda r: _bucket(r["contents"]))
