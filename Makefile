@@ -76,7 +76,8 @@ FAST_DESELECT = test_synth_validate.py::test_real_vllm_structured_passages_alway
 	test_eval_datamap.py::test_datamap_of_real_sources \
 	test_eval_agreement.py::test_math_verdicts_agree_with_minerva_math \
 	test_synth_embed_cache.py::test_second_run_reads_every_vector_from_disk \
-	test_synth_embed_cache.py::test_only_missing_texts_are_embedded_and_repeats_once
+	test_synth_embed_cache.py::test_only_missing_texts_are_embedded_and_repeats_once \
+	test_quality_signals.py::test_the_score_job_adds_the_signal_column
 test-fast: setup
 	.venv/bin/python -m pytest -n 2 -q -m "$(FAST_MARKERS)" $(FAST_SKIP:%=--ignore=tests/test_%.py) \
 		$(FAST_DESELECT:%=--deselect tests/%)
