@@ -17,7 +17,7 @@ once more, untimed, for its clusters (not with --quick).
 
 Printed: the share of datatrove's removed documents TRAIT also removes and the reverse (goals >= 0.95 each), the
 throughput ratio datatrove seconds / TRAIT seconds (median of the rounds; goal >= 3; with --quick, where Spark's
-start weighs more and ~30 day-of-year stubs decide the shares, QUICK_GOALS), and the clusters each setting
+start weighs more and a score of day-of-year stubs decide the shares, QUICK_GOALS), and the clusters each setting
 finds: counts, documents removed, the biggest clusters with sample titles (a document's first line). Gates go
 through ``benchmarks.gates``; the details (every run's seconds, the clusters) to ``<work>/{full,quick}/bench.json``.
 """
