@@ -64,7 +64,8 @@ TRAIN_WIKI_MATH = re.compile(r"theorem|lemma|conjecture|\((mathematics|linear al
                              r"integral\b|matrix|matrices|statistic|probabilit|geometry|calculus|subgroup|eigen|"
                              r"isomorphism|homomorphism|differential equation|prime\b", re.I)
 NOT_MATH = re.compile(r"Prime [Mm]inister|Prime time|E-Prime|Diagnostic and Statistical|International Statistical|"
-                      r"Labor theory|Oxfordian|Knights of the Lambda|Rendering|Baseball statistics|Demographic|dilemma", re.I)
+                      r"Labor theory|Oxfordian|Knights of the Lambda|Rendering|Baseball statistics|Demographic|"
+                      r"dilemma", re.I)
 GENERAL_WIKI_TAIL, N_GENERAL_WIKI, N_WEB, N_BENCH = 2000, 1000, 300, 500
 PILE_MATH = {"DM Mathematics", "ArXiv"}  # Pile components that are math: not general documents
 
