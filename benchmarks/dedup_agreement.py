@@ -37,11 +37,14 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.gates import Gate, record
+from trait.outputs import check_folder
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 POOL_CONFIG = REPO / "infra" / "configs" / "demo" / "ingest_pool.yaml"
 CPUS, TASKS = "0,1", 2
+SIZE = {True: "quick", False: "full"}  # --quick -> the folder of the runs' inputs, outputs and logs
+RUN_ENTRIES = ("logs", "jsonl", "datatrove", "trait-matched", "trait-default", "bench.json")
 QUICK_DOCS = 1_000
 MATCHED = {"normaliser": "datatrove", "shingle_size": 5, "bands": 16, "rows": 8}
 GOALS = {"agreement": 0.95, "speed": 3.0}
@@ -179,8 +182,11 @@ def main() -> None:
         sys.exit(f"{BENCH_PYTHON} not found: run infra/setup_bench.sh (make bench-env)")
     rounds = 1 if args.quick else args.rounds
     work = Path(args.work).resolve()
+    # Folders below are replaced on every run: the work dir may hold only what this benchmark writes.
+    check_folder(work, ("pool", "pool-*", "quick", "full"), dataset=False, name="--work")
+    check_folder(work / SIZE[args.quick], RUN_ENTRIES, dataset=False, name="--work")
     pool = build_pool(work, args.data, args.quick)
-    work = work / ("quick" if args.quick else "full")  # the runs' inputs, outputs and logs; the pool is shared
+    work = work / SIZE[args.quick]  # the runs' inputs, outputs and logs; the pool is shared
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     titles = export_jsonl(pool, work / "jsonl")
