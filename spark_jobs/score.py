@@ -79,13 +79,14 @@ def score_texts(texts: pa.ChunkedArray, models: list[tuple[str, object]], batch_
         end = start + len(normalised)
         present[start:end] = np.fromiter(map(bool, normalised), dtype=bool, count=len(normalised))
         scored = [t for t in normalised if t]
+        if not scored:
+            continue
+        kept = present[start:end]
         for column, model in models:
-            if scored:
-                values[column][start:end][present[start:end]] = positive_probability(model, scored)
+            values[column][start:end][kept] = positive_probability(model, scored)
+        raw_kept = [t for t, n in zip(raw, normalised) if n] if signals else []  # signals judge the raw text
         for column in signals:
-            if scored:
-                values[column][start:end][present[start:end]] = quality_signals.score(
-                    column, [t for t, n in zip(raw, normalised) if n])
+            values[column][start:end][kept] = quality_signals.score(column, raw_kept)
     return pa.table({column: pa.array(v, type=pa.float32(), mask=~present) for column, v in values.items()})
 
 
