@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from trait.config import ConfigError, field, to_dict
 from trait.ranks import cut_weight, roc_auc
 
 from .classifier import TRAIN_IDS, DataRef, _read, load_card, positive_probability
-from .text import normalise
+from .text import normalise_many
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def evaluate_classifier(cfg: EvaluateConfig) -> dict:
             ids, texts = _where(ids, texts, lambda i: i not in trained)
             if not ids:
                 raise ConfigError(f"validation set {vset.title()} is all training data; give unseen documents")
-        scores = positive_probability(model, [normalise(t) for t in texts]).astype(float)
+        scores = positive_probability(model, normalise_many(pa.array(texts, pa.large_string()))).astype(float)
         scored.append((vset.title(), vset.label, scores))
         details[vset.title()] = {"ref": to_dict(vset), "training_overlap_dropped": overlap,
                                  "samples": _samples(ids, texts, scores, cfg.samples,

@@ -40,7 +40,7 @@ from .classifier import load_card, positive_probability
 from .dataset import JobOutput, finished_manifest, parts_glob, read_schema
 from .fs import HadoopFS, arrow_filesystem
 from .parquet_append import ColumnAppender
-from .text import normalise
+from .text import normalise_many
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def score_texts(texts: pa.ChunkedArray, models: list[tuple[str, object]], batch_
     values = {column: np.zeros(len(texts), dtype=np.float32) for column in [*(c for c, _ in models), *signals]}
     present = np.zeros(len(texts), dtype=bool)
     for start in range(0, len(texts), batch_rows):
-        raw = texts.slice(start, batch_rows).to_pylist()
-        normalised = [normalise(t) for t in raw]
+        batch = texts.slice(start, batch_rows)
+        normalised = normalise_many(batch)
         end = start + len(normalised)
         present[start:end] = np.fromiter(map(bool, normalised), dtype=bool, count=len(normalised))
         scored = [t for t in normalised if t]
@@ -84,7 +84,7 @@ def score_texts(texts: pa.ChunkedArray, models: list[tuple[str, object]], batch_
         kept = present[start:end]
         for column, model in models:
             values[column][start:end][kept] = positive_probability(model, scored)
-        raw_kept = [t for t, n in zip(raw, normalised) if n] if signals else []  # signals judge the raw text
+        raw_kept = [t for t, n in zip(batch.to_pylist(), normalised) if n] if signals else []  # the raw text
         for column in signals:
             values[column][start:end][kept] = quality_signals.score(column, raw_kept)
     return pa.table({column: pa.array(v, type=pa.float32(), mask=~present) for column, v in values.items()})
