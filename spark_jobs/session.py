@@ -7,6 +7,7 @@ driver listens on 127.0.0.1 only; a cluster's on the interface its configuration
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -41,32 +42,65 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
               scheduler_only: bool = False):
     """Return a SparkSession: ``master`` if given, else spark-submit's, else ``local[*]``.
 
-    ``scheduler_only``: the job's JVM only schedules Python tasks; a local JVM this call starts then runs without
-    C2 (``SCHEDULER_ONLY_JAVA_OPTIONS``). Under spark-submit, or on a cluster, JVM options are the submit command's.
+    ``scheduler_only``: the job's driver only schedules Python tasks and moves files. A local JVM this call starts
+    then runs without C2 (``SCHEDULER_ONLY_JAVA_OPTIONS``; under spark-submit, or on a cluster, JVM options are the
+    submit command's), and unless a session exists already, the session's JVM side is made on first use
+    (``scheduler_session``).
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name)
+    options = {"spark.app.name": app_name}
     if master:
-        builder = builder.master(master)
+        options["spark.master"] = master
     elif not under_spark_submit():
-        builder = builder.master("local[*]")
+        options["spark.master"] = "local[*]"
     if not under_spark_submit():
-        builder = builder.config("spark.ui.enabled", "false")
-        builder = builder.config("spark.driver.memory", os.environ.get("TRAIT_DRIVER_MEMORY", "4g"))
+        options["spark.ui.enabled"] = "false"
+        options["spark.driver.memory"] = os.environ.get("TRAIT_DRIVER_MEMORY", "4g")
         if (master or "local").startswith("local"):
             # A local master's executors run in this JVM (local-cluster's, on this machine): nothing from outside
             # needs the driver, so its RPC and block manager ports listen on loopback. Spark's default is the
             # address of the host name; for a cluster master it still is, or spark.driver.host / SPARK_LOCAL_IP.
-            builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+            options["spark.driver.bindAddress"] = options["spark.driver.host"] = "127.0.0.1"
             if scheduler_only:
-                builder = builder.config("spark.driver.extraJavaOptions", SCHEDULER_ONLY_JAVA_OPTIONS)
-    for key, value in {**_DEFAULT_CONF, **(conf or {})}.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+                options["spark.driver.extraJavaOptions"] = SCHEDULER_ONLY_JAVA_OPTIONS
+    options |= {**_DEFAULT_CONF, **(conf or {})}
+    if scheduler_only and SparkSession.getActiveSession() is None:
+        spark = scheduler_session(options)
+    else:
+        spark = SparkSession.builder.config(map=options).getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("TRAIT_SPARK_LOG_LEVEL", "WARN"))
     log.info("spark %s master=%s parallelism=%d", spark.version, spark.sparkContext.master,
              spark.sparkContext.defaultParallelism)
     return spark
+
+
+def scheduler_session(options: dict[str, str]):
+    """A SparkSession on a SparkContext started with ``options`` whose JVM side, Spark SQL's session, is made on
+    first use, which a job that runs no SQL (``trait score``) never makes: in a fresh JVM it costs ~1.8 s of one
+    core's CPU (SQL's configuration and classes), before the first task, on the cores the scoring needs
+    (benchmarks/score_throughput.py). Anything that uses SQL gets the session as ``SparkSession`` makes it."""
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    class SchedulerSession(SparkSession):
+        def __init__(self, sc: SparkContext):  # SparkSession.__init__ would make the JVM session now
+            self._sc, self._jsc, self._jvm = sc, sc._jsc, sc._jvm
+
+        @functools.cached_property
+        def _jsparkSession(self):  # noqa: N802 (SparkSession's name)
+            return SparkSession(self._sc)._jsparkSession
+
+        @property
+        def version(self) -> str:
+            return self._sc.version
+
+        def stop(self) -> None:
+            if "_jsparkSession" in self.__dict__:
+                super().stop()
+            else:
+                self._sc.stop()
+
+    return SchedulerSession(SparkContext.getOrCreate(SparkConf().setAll(list(options.items()))))
