@@ -7,8 +7,9 @@ named by its content hash and ships it with the job (``SparkContext.addFile``). 
 one vectorised lookup. Clean rows are written unchanged; contaminated rows go to ``_quarantine`` with reason
 ``contaminated``, the benchmark names, the number of shared n-grams and the first one in ``detail``, and the
 whole row as JSON in ``raw`` (so a row can be restored). For the registry's ten benchmarks at n=13 the index is
-918,205 n-grams, 9.2 MB (uint64 hashes + uint16 bitmasks), built in about 2 s; each worker holds one copy,
-plus a bounded cache of word hashes (2^18 words, 48 MB when full, measured with tracemalloc).
+918,205 n-grams, 9.2 MB (uint64 hashes + uint16 bitmasks), built in about 2 s; each worker holds one copy and
+its 2 MiB prefilter bitmap, plus a bounded cache of word hashes (2^18 words, 32 MB when full, measured with
+tracemalloc).
 """
 
 from __future__ import annotations

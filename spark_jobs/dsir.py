@@ -7,7 +7,8 @@ superscript digits), and adds one count per unigram and per bigram (two words jo
 ``int(sha256(utf8).hexdigest(), 16) % num_buckets`` (10,000). No text is capped. sha256, never Python's salted
 ``hash()``: a bucket is the same on every executor and in every run (pinned by a golden-value test). Hashing
 dominates the cost, so a ``Featurizer`` lives once per Python worker and memoises word -> (id, bucket) and
-(word id, word id) -> bucket; a batch's distinct words and bigrams are found with ``pandas.factorize`` first.
+(word id, word id) -> bucket: a batch's words and distinct bigrams (``pandas.factorize``) are looked up with one
+``map(dict.get)`` each, in C, and only the n-grams not seen before are joined and hashed.
 
 Job: (1) fit: bucket counts of the target (the in-domain seed) and of the raw pool, per partition in
 ``mapInArrow``, summed by a groupBy on the bucket (at most 10,000 rows reach the driver); log ratio
@@ -86,42 +87,40 @@ class Featurizer:
         self._pair_bucket: dict[int, int] = {}
 
     def _ids(self, words: list[str]) -> np.ndarray:
-        """Worker-wide ids of ``words``; the batch's distinct words are found in C (pandas) before any dict lookup."""
-        import pandas as pd
-
-        codes, distinct = pd.factorize(np.array(words, dtype=object))
-        distinct = distinct.tolist()
-        ids = list(map(self._word_id.get, distinct))
-        if None in ids:
-            n = self.num_buckets
-            new = [i for i, known in enumerate(ids) if known is None]
+        """Worker-wide ids of ``words``: one ``map(dict.get)`` over the batch (in C); only words not seen before in
+        this worker are given an id and hashed."""
+        ids = np.fromiter(map(self._word_id.get, words, itertools.repeat(-1)), dtype=np.int64, count=len(words))
+        missing = np.flatnonzero(ids < 0)
+        if len(missing):
+            new = list(dict.fromkeys(map(words.__getitem__, missing.tolist())))  # distinct, first seen first
             first = len(self._words)
             if first + len(new) > len(self._word_bucket):
                 self._word_bucket = np.resize(self._word_bucket, 2 * (first + len(new)))
-            for offset, i in enumerate(new):  # first time in this worker: hash it once
-                word = distinct[i]
-                ids[i] = self._word_id[word] = first + offset
-                self._words.append(word)
-                self._word_bucket[first + offset] = hash_bucket(word, n)
-        return np.array(ids, dtype=np.int64)[codes]
+            n = self.num_buckets
+            self._word_bucket[first:first + len(new)] = [hash_bucket(w, n) for w in new]
+            self._word_id.update(zip(new, range(first, first + len(new))))
+            self._words.extend(new)
+            ids[missing] = list(map(self._word_id.__getitem__, map(words.__getitem__, missing.tolist())))
+        return ids
 
     def _pair_buckets(self, keys: np.ndarray) -> np.ndarray:
         """Buckets of distinct bigram keys ``first_id << 32 | second_id``. Once the memo holds ``max_pairs``
-        entries, new bigrams are hashed but not kept, so the memo holds the earliest (mostly the frequent) ones."""
+        entries, new bigrams are hashed but not kept, so the memo holds the earliest (mostly the frequent) ones.
+        Known keys are one ``map(dict.get)`` (in C); only the unknown ones are joined and hashed."""
         keys_list = keys.tolist()
         memo = self._pair_bucket
-        buckets = list(map(memo.get, keys_list))
-        if None in buckets:
+        buckets = np.fromiter(map(memo.get, keys_list, itertools.repeat(-1)), dtype=np.int64, count=len(keys_list))
+        missing = np.flatnonzero(buckets < 0)
+        if len(missing):
             words, n = self._words, self.num_buckets
-            room = self.max_pairs - len(memo)
-            for i, known in enumerate(buckets):
-                if known is None:
-                    key = keys_list[i]
-                    buckets[i] = hash_bucket(f"{words[key >> 32]} {words[key & 0xFFFFFFFF]}", n)
-                    if room > 0:
-                        memo[key] = buckets[i]
-                        room -= 1
-        return np.array(buckets, dtype=np.int64)
+            new_keys = keys[missing]
+            bigrams = map(" ".join, zip(map(words.__getitem__, (new_keys >> 32).tolist()),
+                                        map(words.__getitem__, (new_keys & 0xFFFFFFFF).tolist())))
+            hashed = [hash_bucket(b, n) for b in bigrams]
+            buckets[missing] = hashed
+            room = max(0, self.max_pairs - len(memo))
+            memo.update(zip(new_keys[:room].tolist(), hashed[:room]))
+        return buckets
 
     def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(unigram buckets, their document index, bigram buckets, their document index, words per document)``

@@ -6,7 +6,8 @@ machines: each word is hashed with blake2b (8-byte digest, cached), and the ``n`
 polynomial over uint64 (wrapping) followed by murmur3's 64-bit finaliser, in numpy over all n-grams of a batch at
 once; that is one blake2b per distinct word instead of one per n-gram. ``NgramIndex`` holds the sorted unique
 n-gram hashes of the benchmarks (uint64) and a parallel bitmask of the benchmarks each comes from; a document
-matches when any of its n-grams is found by ``np.searchsorted``. With 2^64 hashes and 918,205 indexed n-grams
+matches when any of its n-grams is found by ``np.searchsorted`` (a bitmap of the keys' top 24 bits first rules out
+most n-grams without a search). With 2^64 hashes and 918,205 indexed n-grams
 (the registry's ten benchmarks at n=13), the chance that a given document n-gram falsely matches is ~5.0e-14.
 """
 
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from trait.config import field
 HASH_VERSION = "blake2b8-words-poly-fmix64-v1"
 _WORD = re.compile(r"\w+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplication by it is a bijection mod 2^64
+PREFILTER_BITS = 24
 
 
 @dataclass
@@ -86,10 +88,33 @@ class DecontamConfig:
         return out
 
 
-@functools.lru_cache(maxsize=1 << 18)  # 48 MB when full (tracemalloc): bounded per worker
+_MAX_WORD_HASHES = 1 << 18  # words whose hash a worker keeps: emptied when full (32 MB then, words included)
+_word_ids: dict[str, int] = {}  # word -> row of _word_table
+_word_table = np.zeros(_MAX_WORD_HASHES, dtype=np.uint64)
+
+
 def word_hash(word: str) -> int:
     """blake2b of the word's UTF-8 bytes, 8 bytes little-endian, as an unsigned int."""
     return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def word_hashes(ws: list[str]) -> np.ndarray:
+    """``word_hash`` of each of ``ws`` (uint64), each distinct word hashed once per worker: its row in a table of
+    hashes is a dict lookup per word (``map(dict.get)``, in C), and blake2b runs only for words not seen before."""
+    ids = np.fromiter(map(_word_ids.get, ws, itertools.repeat(-1)), dtype=np.int64, count=len(ws))
+    missing = np.flatnonzero(ids < 0)
+    if len(missing):
+        new = list(dict.fromkeys(ws[i] for i in missing.tolist()))  # distinct, in order
+        if len(_word_ids) + len(new) > _MAX_WORD_HASHES:
+            _word_ids.clear()
+            if len(new) > _MAX_WORD_HASHES:  # one batch with more distinct words than the table holds
+                return np.fromiter(map(word_hash, ws), dtype=np.uint64, count=len(ws))
+            return word_hashes(ws)
+        first = len(_word_ids)
+        _word_table[first:first + len(new)] = [word_hash(w) for w in new]
+        _word_ids.update(zip(new, range(first, first + len(new))))
+        ids[missing] = [_word_ids[ws[i]] for i in missing.tolist()]
+    return _word_table[ids]
 
 
 def words(text: str) -> list[str]:
@@ -98,11 +123,13 @@ def words(text: str) -> list[str]:
 
 
 def _fmix64(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xFF51AFD7ED558CCD)
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xC4CEB9FE1A85EC53)
-    return x ^ (x >> np.uint64(33))
+    """murmur3's 64-bit finaliser, in place on ``x`` (returned)."""
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xFF51AFD7ED558CCD)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xC4CEB9FE1A85EC53)
+    x ^= x >> np.uint64(33)
+    return x
 
 
 def rolling_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
@@ -112,15 +139,15 @@ def rolling_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
         return np.zeros(0, dtype=np.uint64)
     acc = np.zeros(count, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for j in range(n):
-            acc = acc * _MULT + word_hashes[j:j + count]
+        for j in range(n):  # in place: one pass per word of the window, no temporaries
+            acc *= _MULT
+            acc += word_hashes[j:j + count]
         return _fmix64(acc)
 
 
 def ngram_hashes(text: str, n: int) -> np.ndarray:
     """Hashes of the text's word n-grams, in order (duplicates kept)."""
-    ws = words(text)
-    return rolling_hashes(np.fromiter(map(word_hash, ws), dtype=np.uint64, count=len(ws)), n)
+    return rolling_hashes(word_hashes(words(text)), n)
 
 
 @dataclass(frozen=True)
@@ -137,6 +164,11 @@ class NgramIndex:
 
     def __init__(self, keys: np.ndarray, masks: np.ndarray, names: list[str], n: int):
         self.keys, self.masks, self.names, self.n = keys, masks, list(names), int(n)
+        # A bitmap of the keys' top PREFILTER_BITS bits (2 MiB): a document n-gram whose bit is clear is not in the
+        # index, so only the few with a set bit (~5% at 918,205 keys) are looked up by binary search.
+        present = np.zeros(1 << PREFILTER_BITS, dtype=bool)
+        present[keys >> np.uint64(64 - PREFILTER_BITS)] = True
+        self._prefilter = np.packbits(present, bitorder="little")
 
     @classmethod
     def from_texts(cls, texts_by_name: dict[str, list[str]], n: int) -> NgramIndex:
@@ -167,31 +199,33 @@ class NgramIndex:
                 for bit, name in enumerate(self.names)}
 
     def match_many(self, texts: list[str]) -> list[Match]:
-        """One Match per text. All n-grams of the batch are hashed and looked up together, in numpy."""
+        """One Match per text. All n-grams of the batch are hashed together in numpy; the prefilter bitmap rules
+        out most of them, and the rest are looked up by binary search in the sorted keys."""
         n = self.n
         per_doc = [words(t) for t in texts]
         lengths = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
-        flat = [w for ws in per_doc for w in ws]
-        hashes = rolling_hashes(np.fromiter(map(word_hash, flat), dtype=np.uint64, count=len(flat)), n)
-        doc_of = np.repeat(np.arange(len(texts)), lengths)[:len(hashes)]
-        offset = np.r_[0, np.cumsum(lengths)[:-1]]
-        # A window is a document n-gram only when it ends inside the document it starts in.
-        valid = np.arange(len(hashes)) - offset[doc_of] + n <= lengths[doc_of] if len(hashes) else hashes.astype(bool)
-        if len(self.keys) and len(hashes):
-            pos = np.minimum(np.searchsorted(self.keys, hashes), len(self.keys) - 1)
-            hit = valid & (self.keys[pos] == hashes)
-        else:
-            pos, hit = hashes.astype(np.int64), np.zeros(len(hashes), dtype=bool)
+        hashes = rolling_hashes(word_hashes(list(itertools.chain.from_iterable(per_doc))), n)
+        top = hashes >> np.uint64(64 - PREFILTER_BITS)
+        maybe = np.flatnonzero((self._prefilter[top >> np.uint64(3)] >> (top & np.uint64(7)).astype(np.uint8)) & 1)
         out = [Match((), None, 0)] * len(texts)
-        hits = np.flatnonzero(hit)
+        if not len(maybe):
+            return out
+        ends = np.cumsum(lengths)
+        doc_of = np.searchsorted(ends, maybe, side="right")  # the document each window starts in
+        # A window is a document n-gram only when it ends inside the document it starts in.
+        maybe = maybe[maybe + n <= ends[doc_of]]
+        pos = np.minimum(np.searchsorted(self.keys, hashes[maybe]), len(self.keys) - 1)
+        found = self.keys[pos] == hashes[maybe]
+        hits, pos = maybe[found], pos[found]
         if not len(hits):
             return out
-        docs, first = np.unique(doc_of[hits], return_index=True)
-        masks = np.bitwise_or.reduceat(self.masks[pos[hits]], first)
+        doc_of = np.searchsorted(ends, hits, side="right")
+        docs, first = np.unique(doc_of, return_index=True)
+        masks = np.bitwise_or.reduceat(self.masks[pos], first)
         counts = np.diff(np.r_[first, len(hits)])
         for doc, start, mask, count in zip(docs, hits[first], masks, counts):
             names = tuple(name for bit, name in enumerate(self.names) if int(mask) >> bit & 1)
-            at = start - offset[doc]
+            at = start - (ends[doc] - lengths[doc])
             out[doc] = Match(names, " ".join(per_doc[doc][at:at + n]), int(count))
         return out
 

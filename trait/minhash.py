@@ -46,7 +46,7 @@ _TOKENS = re.compile(r"\w+|[^\w\s]")
 
 def tokens(text: str) -> list[str]:
     """``dedup-v1`` tokens: NFKC, lower case, word runs and single punctuation marks."""
-    return _TOKENS.findall(unicodedata.normalize("NFKC", text).lower())
+    return _TOKENS.findall((text if text.isascii() else unicodedata.normalize("NFKC", text)).lower())
 
 
 def simplified_words(text: str) -> list[str]:
@@ -118,17 +118,29 @@ def exact_key(text: str, normalised: str | None = None) -> str:
     """32 hex chars: xxh3-128 of the normalised text (``dedup-v1`` unless given), or of the text itself when it
     normalises to nothing."""
     normalised = normalise(text) if normalised is None else normalised
-    return xxhash.xxh3_128_hexdigest((normalised or text).encode("utf-8", "surrogatepass"))
+    return _exact_key(text, normalised.encode("utf-8", "surrogatepass"))
+
+
+def _exact_key(text: str, encoded: bytes) -> str:
+    """``exact_key`` from the normalised text's UTF-8 bytes."""
+    return xxhash.xxh3_128_hexdigest(encoded or text.encode("utf-8", "surrogatepass"))
 
 
 def shingle_hashes(toks: list[str], shingle_size: int) -> np.ndarray:
     """uint64 hashes of the word n-grams of ``toks`` (one shingle when there are fewer tokens; none for none)."""
+    return _shingle_hashes([t.encode("utf-8", "surrogatepass") for t in toks], shingle_size)
+
+
+def _shingle_hashes(toks: list[bytes], shingle_size: int) -> np.ndarray:
+    """``shingle_hashes`` of tokens given as UTF-8 bytes: each shingle is ``b" ".join`` of ``shingle_size``
+    consecutive tokens, made by ``zip`` over shifted lists and hashed through ``map``, all in C."""
     if not toks:
         return np.empty(0, dtype=np.uint64)
-    count = max(1, len(toks) - shingle_size + 1)
     h = xxhash.xxh3_64_intdigest
-    return np.fromiter((h(" ".join(toks[i:i + shingle_size]).encode("utf-8", "surrogatepass"))
-                        for i in range(count)), dtype=np.uint64, count=count)
+    if len(toks) <= shingle_size:
+        return np.array([h(b" ".join(toks))], dtype=np.uint64)
+    shingles = map(b" ".join, zip(*(toks[k:] for k in range(shingle_size))))
+    return np.fromiter(map(h, shingles), dtype=np.uint64, count=len(toks) - shingle_size + 1)
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,8 +180,11 @@ def signatures(texts: list[str], config: DedupConfig) -> tuple[np.ndarray, np.nd
     hashes, counts, keys = [], np.zeros(len(texts), dtype=np.int64), []
     for i, text in enumerate(texts):
         toks = tokenise(text)
-        keys.append(exact_key(text, " ".join(toks)))
-        h = shingle_hashes(toks, config.shingle_size)
+        encoded = " ".join(toks).encode("utf-8", "surrogatepass")
+        keys.append(_exact_key(text, encoded))
+        # Tokens hold no space (both normalisers split on white space), so splitting the joined bytes on spaces
+        # gives each token's UTF-8 bytes in one call.
+        h = _shingle_hashes(encoded.split(b" ") if toks else [], config.shingle_size)
         hashes.append(h)
         counts[i] = len(h)
     sigs = np.full((len(texts), config.permutations), np.iinfo(np.uint64).max, dtype=np.uint64)
