@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_jobs.classifier import ClassifierConfig, binary_metrics, load_card, train_classifier
+from spark_jobs.classifier import ClassifierConfig, binary_metrics, load_card, train_classifier, training_order
 from trait.config import ConfigError, from_dict
 
 
@@ -58,6 +59,51 @@ def _labelled(tmp_path, small_corpus, grades):
     (out / "manifest.json").write_text("{}")
     (out / "_SUCCESS").write_text("")
     return str(out)
+
+
+def test_the_training_file_is_shuffled_and_repeats_a_source():
+    """fastText reads its file in order: examples grouped by label (positives, then sampled negatives, as
+    load_examples gives them) trained the model on one class last in every epoch."""
+    repeats = [1] * 50 + [3] * 50  # 50 positives once, then 50 negatives three times
+    order = training_order(repeats, seed=0)
+    assert sorted(order) == sorted(k for k, r in enumerate(repeats) for _ in range(r))
+    assert order == training_order(repeats, seed=0) and order != training_order(repeats, seed=1)
+    first_half = order[:len(order) // 2]
+    assert 0.2 < sum(k < 50 for k in first_half) / len(first_half) < 0.6  # positives spread through (1/4 of lines)
+
+
+def test_a_repeated_negative_source_is_written_repeat_times(small_corpus, tmp_path):
+    cfg = {"name": "domain_math", "positives": [small_corpus["seed"]],
+           "negatives": [{"path": small_corpus["pool"], "repeat": 3}], "seed": 3}
+    card = train_classifier(from_dict(ClassifierConfig, cfg), tmp_path / "r")
+    train = card["data"]["train"]
+    assert train["lines"] == train["n_positive"] + 3 * (train["n"] - train["n_positive"])
+    assert card["data"]["heldout"]["n"] + train["n"] == 2 * 500  # held out and counted once, as without repeat
+    assert card["config"]["negatives"][0]["repeat"] == 3
+
+
+def test_negatives_the_first_model_scores_highest_are_dropped(small_corpus, tmp_path):
+    """The pool's Pile part holds DM Mathematics documents: general-pool negatives that are in the domain."""
+    import pyarrow.dataset as ds
+
+    cfg = {"name": "domain_math", "positives": [small_corpus["seed"]], "negatives": [small_corpus["pool"]],
+           "seed": 3, "drop_negatives": 0.04}
+    card = train_classifier(from_dict(ClassifierConfig, cfg), tmp_path / "d")
+    plain = train_classifier(from_dict(ClassifierConfig, {**cfg, "drop_negatives": 0.0}), tmp_path / "p")
+    train = card["data"]["train"]
+    dropped = (tmp_path / "d" / "dropped_negatives.txt").read_text().split()
+    negatives = plain["data"]["train"]["n"] - plain["data"]["train"]["n_positive"]
+    assert len(dropped) == train["negatives_dropped"] == round(0.04 * negatives) > 0
+    assert train["n"] == plain["data"]["train"]["n"] - len(dropped)
+    assert train["n_positive"] == plain["data"]["train"]["n_positive"]
+    trained_on = set((tmp_path / "d" / "train_ids.txt").read_text().split())
+    assert dropped == sorted(dropped) and set(dropped) <= trained_on  # they stay training ids for overlap checks
+    assert not (tmp_path / "p" / "dropped_negatives.txt").exists() and card["model_sha1"] != plain["model_sha1"]
+    texts = dict(zip(*ds.dataset(small_corpus["pool"], format="parquet", exclude_invalid_files=True)
+                     .to_table(columns=["id", "text"]).to_pydict().values()))
+    math = re.compile(r"In (mathematics|abstract algebra)|Let \w+\(\w\) =")  # Wikipedia math, DM Mathematics
+    share = sum(bool(math.search(texts[i])) for i in dropped) / len(dropped)
+    assert share > 0.25 and share > 5 * sum(bool(math.search(t)) for t in texts.values()) / len(texts), share
 
 
 def test_graded_labels_are_bucketed_and_non_binary_labels_need_a_bucket(small_corpus, tmp_path):
@@ -126,6 +172,10 @@ def test_a_model_from_another_normaliser_is_refused(classifiers, tmp_path):
     ({"heldout_fraction": float("nan")}, "heldout_fraction must be in \\(0, 1\\)|heldout_fraction: expected a finite"),
     ({"positives": [{"path": "p", "max_docs": 0}]}, "p: max_docs must be a positive number of documents, or null"),
     ({"negatives": [{"path": "n", "max_docs": -3}]}, "n: max_docs must be a positive number of documents, or null"),
+    ({"drop_negatives": 0.5}, "drop_negatives must be a share in \\[0, 0.5\\), e.g. 0.02; got 0.5"),
+    ({"drop_negatives": -0.1}, "drop_negatives must be a share in \\[0, 0.5\\)"),
+    ({"negatives": [{"path": "n", "repeat": 0}]}, "n: repeat must be an integer in \\[1, 1000\\], got 0"),
+    ({"positives": [{"path": "p", "repeat": 5000}]}, "p: repeat must be an integer in \\[1, 1000\\], got 5000"),
 ])
 def test_nonsense_training_settings_are_refused_before_any_work(setting, message):
     """Each of these trained or crashed before: epoch 0 or lr -1 gave an AUC 0.5 model, dim -5 a MemoryError, a

@@ -33,24 +33,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
-from spark_jobs.classifier import (
-    NEGATIVE,
-    POSITIVE,
-    ClassifierConfig,
-    _hash01,
-    _train,
-    load_examples,
-    positive_probability,
-)
+from spark_jobs.classifier import ClassifierConfig, _fit, _hash01, load_examples, positive_probability
 from spark_jobs.classifier_eval import in_part, summarise
 from spark_jobs.quality_signals import FILTERS, HEURISTIC_MATH_V1, HEURISTIC_V1, filter_verdicts, score
-from spark_jobs.text import normalise
+from spark_jobs.text import normalise_many
 from trait.config import from_dict
 from trait.contract import finished_dataset
 from trait.ranks import roc_auc
@@ -98,6 +89,10 @@ def labelled(validation: Path, part: str) -> tuple[list[str], list[str], np.ndar
     return ids, texts, np.array(labels)
 
 
+def _normalised(texts: list[str]) -> list[str]:
+    return normalise_many(pa.array(texts, pa.large_string()))
+
+
 def cross_fitted(recipe: dict, work: str, texts: list[str], pages: dict[str, str], repeat: int) -> np.ndarray:
     """P(positive) of each text from the recipe's classifier (seed ``repeat``) trained without the pages of the
     text's fold."""
@@ -107,16 +102,12 @@ def cross_fitted(recipe: dict, work: str, texts: list[str], pages: dict[str, str
     scores = np.zeros(len(texts))
     for fold in (0, 1):
         held = {p for p in pages.values() if _fold(p, repeat) == fold}
-        with tempfile.TemporaryDirectory() as tmp:
-            train_file = os.path.join(tmp, "train.txt")
-            with open(train_file, "w", encoding="utf-8") as fh:
-                for ident, text, y in examples:
-                    if _hash01(cfg.seed, "heldout", ident) >= cfg.heldout_fraction and \
-                            pages.get(_sha1(text)) not in held:
-                        fh.write(f"{POSITIVE if y else NEGATIVE} {normalise(text[:cfg.train_max_chars])}\n")
-            model, _ = _train(cfg, train_file)
+        train = [row for row in examples if _hash01(cfg.seed, "heldout", row[0]) >= cfg.heldout_fraction
+                 and pages.get(_sha1(row[1])) not in held]
+        model, _, _ = _fit(cfg, [row[2] for row in train], _normalised([row[1][:cfg.train_max_chars] for row in train]),
+                           [row[3] for row in train])
         mine = [i for i, t in enumerate(texts) if _fold(pages[_sha1(t)], repeat) == fold]
-        scores[mine] = positive_probability(model, [normalise(texts[i]) for i in mine])
+        scores[mine] = positive_probability(model, _normalised([texts[i] for i in mine]))
     return scores
 
 
