@@ -66,6 +66,8 @@ def config_of(*argv):
 
 def test_options_aliases_and_set_reach_the_config(tmp_path):
     assert config_of("score", "--input", "i", "--output", "o", "--model", "a", "b").models == ["a", "b"]
+    # A list option given twice adds to the list (it kept only the last before).
+    assert config_of("score", "--input", "i", "--output", "o", "--model", "a", "--model", "b").models == ["a", "b"]
     ingest = config_of("ingest", "--input", "x/*.jsonl", "y.jsonl", "--source", "web", "--url-field", "none",
                        "--text-field", "body", "--output", "o").inputs
     assert [(i.path, i.source, i.url_field, i.text_field) for i in ingest] == [

@@ -65,8 +65,8 @@ def _add_field_option(p: argparse.ArgumentParser, doc: FieldDoc, flag: str, dest
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
         kwargs["metavar"] = doc.key.rsplit(".", 1)[-1].upper()
-        if doc.shape == "list":
-            kwargs["nargs"] = "+"
+        if doc.shape == "list":  # "--positive A B" and "--positive A --positive B" alike
+            kwargs.update(nargs="+", action="extend")
     p.add_argument(flag, **kwargs)
     p.get_default("option_labels").setdefault(dest, (flag, doc.type))  # an alias after its field: the field's name
 
