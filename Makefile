@@ -20,7 +20,7 @@ test: setup
 # also written to runs/bench/summary.json; `make bench-quick` runs a reduced version of each (runs/bench-quick/) as a
 # regression check. A benchmark that fails goes on to the next; the summary shows it as FAIL and make exits 1.
 BENCHES = score_throughput dsir_throughput synth_throughput train_throughput dedup_agreement embed_throughput \
-	prepare_throughput
+	prepare_throughput stage_throughput
 bench: setup bench-env
 	.venv/bin/python -m benchmarks.gates begin --expect $(BENCHES)
 	for b in $(BENCHES); do .venv/bin/python -m benchmarks.$$b || echo "bench: $$b failed" >&2; done
@@ -35,7 +35,7 @@ bench-quick: setup bench-env
 bench-env:
 	bash infra/setup_bench.sh
 
-bench-score: setup
+bench-score: setup bench-env
 	.venv/bin/python -m benchmarks.score_throughput
 
 bench-dsir: setup

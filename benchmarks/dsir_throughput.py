@@ -31,10 +31,14 @@ from pathlib import Path
 from benchmarks.gates import Gate, record
 from benchmarks.score_throughput import REPO, ingest, read_base, write_jsonl
 from trait.benchmarks import default_shared_data
+from trait.outputs import check_folder
 
 DEFAULT_DOCS, QUICK_DOCS, TARGET_DOCS = 27_000, 1_500, 2_000
 GOAL = 2.0
 QUICK_GOAL = 0.5  # 1,500 documents: the job measured 0.92x (Spark's start and scheduling dominate)
+# What the work dir may hold: this benchmark replaces the pools, the target and both runs' outputs.
+WORK_ENTRIES = ("pool-*", "target", "target.jsonl", "*.ingest.jsonl", "ref", "job", "*.log", "bench.json",
+               "bench-quick.json")
 
 
 def setup(work: Path, data: Path, docs: int) -> dict:
@@ -125,6 +129,7 @@ def main() -> None:
         return
     if (os.cpu_count() or 1) < 2:
         sys.exit("the benchmark needs 2 CPUs")
+    check_folder(work, WORK_ENTRIES, dataset=False, name="--work")
     docs = QUICK_DOCS if args.quick else args.docs
     print(f"setting up a {docs:,}-document pool in {work} ...", flush=True)
     corpus = setup(work, Path(args.data), docs)

@@ -1,4 +1,5 @@
-"""Scoring throughput: raw fastText in one Python process against the Spark score job on 1 and 2 cores.
+"""Scoring throughput: raw fastText in one Python process, the Spark score job on 1 and 2 cores, and datatrove's
+fastText filter given TRAIT's normaliser (benchmarks/datatrove_score.py, in .venv-bench: `make bench-env`).
 
     python -m benchmarks.score_throughput [--docs N] [--work .bench] [--sizes A,B] [--skip-memory]   (make bench)
     python -m benchmarks.score_throughput --quick      (2,000 documents, one round: a regression check)
@@ -11,24 +12,36 @@ production (16 MiB row groups, 100k-row part files). Classifiers: domain (Planet
 are reused (the demo's, for one). Corpora are kept in ``<work>/corpus-<docs>``; delete the work dir to rebuild.
 
 Every measured run is a fresh process pinned with ``taskset`` to the CPUs it may use (the Spark runs' JVM and
-Python workers included), so "per core" means per CPU, not per Spark task slot:
+Python workers included, datatrove's workers too), so "per core" means per CPU, not per Spark task slot:
 
 - raw: one process on CPU 0; texts are read from the ingested Parquet into memory before the clock starts; then
-  normalise + positive_probability for both models, in batches of the score job's ``batch_rows``;
+  normalise + positive_probability for both models, in batches of the score job's ``batch_rows``, once with the
+  Python normaliser (``normalise``, the reference) and once with the native one the job uses (``normalise_many``);
+  normalising and predicting are timed apart;
 - spark-1: ``run_score`` on ``local[1]`` pinned to CPU 0; spark-2: ``local[2]`` on CPUs 0-1. The time is the
-  whole ``run_score`` call (reading, scoring and writing Parquet, the statistics pass, the manifest), not
-  session start. Each session runs the job twice: "cold" is the first job in a fresh JVM and fresh Python
-  workers, "warm" the second, as an executor is after its first minutes on a cluster.
+  whole ``run_score`` call (reading, scoring and writing Parquet, the statistics pass, the manifest). Each session
+  runs the job twice: "cold" is the first job in a fresh JVM and fresh Python workers, "warm" the second, as an
+  executor is after its first minutes on a cluster; "start-up included" adds the interpreter's start, the imports
+  and the session start to the cold job;
+- datatrove-1 and datatrove-2: datatrove 0.10.1's ``FastTextClassifierFilter`` per model after TRAIT's Python
+  ``normalise``, one task per part file, 1 or 2 workers on CPU 0 or CPUs 0-1, wall time of the whole process
+  (start-up included). Its scores are compared with spark-1's by id: float32 bits, every row.
 
-The three are measured in ``--rounds`` interleaved rounds and each reports its best round (and the spread):
+With ``--demo-docs`` (default: the demo pool's size, 16,108 documents; not with --quick) each round also runs
+spark-1, spark-2 (one cold job per process) and datatrove-1, -2 on that corpus: what a small local job costs from
+start to exit.
+
+The runs are measured in ``--rounds`` interleaved rounds and each reports its best round (and the spread):
 run-to-run variation on a shared VM is +-20%, more than the differences being measured. Best-of compares each
 run's luckiest round, raw's included; the one-core ratio is also given within each round (raw and Spark minutes
 apart, on the machine in the same state) and as the median of those. Peak memory (RSS summed
 over the job's process tree: driver Python, JVM, Python workers; sampled every 0.2 s) is measured for one cold
-``local[2]`` run at each of ``--sizes``. Goals: spark-1 per core >= 0.9 x raw; spark-2 >= 1.8 x spark-1 (with
---quick, 2,000 documents, where Spark's fixed costs weigh more: QUICK_GOALS); a missed goal is a FAIL gate
-(``benchmarks.gates``), not an error. Results go to ``<work>/bench.json`` (``bench-quick.json`` for --quick), child
-logs to ``<work>/logs``.
+``local[2]`` run at each of ``--sizes``. Goals (``GOALS``; with --quick, 2,000 documents, where fixed costs weigh
+more: ``QUICK_GOALS``): spark-1 per core >= 0.9 x raw with the native normaliser; spark-2 >= 1.8 x spark-1; native
+normalising >= 2 x Python; TRAIT >= 2 x datatrove per core and on 2 cores, start-up included; >= 1 x at the demo
+pool's size; every score bit-identical. A missed goal is a FAIL gate (``benchmarks.gates``), not an error.
+Results go to ``<work>/bench.json`` (``bench-quick.json`` for --quick), child logs to ``<work>/logs``, the runs'
+outputs to ``<work>/out`` (which may hold only those: anything else there is refused, never deleted).
 """
 
 from __future__ import annotations
@@ -47,17 +60,22 @@ from pathlib import Path
 
 from benchmarks.gates import Gate, record
 from trait.benchmarks import default_shared_data
+from trait.outputs import check_folder
 
 REPO = Path(__file__).resolve().parents[1]
+BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"  # datatrove's environment (infra/setup_bench.sh)
+OUT_ENTRIES = ("local1-*", "local2-*", "datatrove-*")  # what the runs write under <work>/out
+DEMO_DOCS = 16_108  # the demo pool's size (README: `trait ingest` of the demo's sources)
 # The fastest run (spark-2 warm) scored 31.0 MB/s on this 2-core VM once the job stopped re-encoding the text,
 # so 160k documents (1.83 GB) took it 58.9 s; 200k (~2.3 GB) keep every run over the minute the goal asks for.
 DEFAULT_DOCS = 200_000
 QUICK_DOCS = 2_000
-GOALS = {"spark1_over_raw": 0.9, "spark2_over_spark1": 1.8}
+GOALS = {"spark1_over_raw": 0.9, "spark2_over_spark1": 1.8, "native_over_python": 2.0, "over_datatrove": 2.0,
+         "demo_over_datatrove": 1.0}
 # At 2,000 documents (~23 MB) a run lasts seconds, so the first job's start weighs: a regression check only.
 # Measured in three runs with other work on the machine (2026-12-05): per core / raw cold 0.37-0.78, warm 0.70-1.66;
 # 2 cores / 1 core cold 0.79-1.01, warm 0.98-1.26 (at this size a second core hardly helps).
-QUICK_GOALS = {"spark1_over_raw": 0.25, "spark2_over_spark1": 0.6}
+QUICK_GOALS = {"spark1_over_raw": 0.25, "spark2_over_spark1": 0.6, "native_over_python": 1.5, "over_datatrove": 0.3}
 # (sub-source, glob under the data dir): every JSON line with a string "text" (the Pile sample: "contents").
 SOURCES = (("wiki", "corpora/general/enwiki_2015_part1.jsonl.gz"),
            ("math", "corpora/math/planetmath/planetmath_entries.jsonl.gz"),
@@ -157,35 +175,48 @@ def child_setup(work: Path, data: Path, sizes: list[int]) -> dict:
     return {"models": [str(m) for m in models], "corpora": corpora}
 
 
-def child_raw(corpus: str, models: list[str]) -> dict:
-    """Raw fastText in this process: read all texts first, then time normalise + predict per batch."""
+def child_raw(corpus: str, models: list[str], normaliser: str) -> dict:
+    """Raw fastText in this process: read all texts first, then time normalising (``normalise`` per text, or
+    ``normalise_many`` per batch) and predicting, a batch at a time."""
     import fasttext
+    import pyarrow as pa
 
     from spark_jobs.classifier import load_card, positive_probability
     from spark_jobs.score import ScoreConfig
-    from spark_jobs.text import normalise
+    from spark_jobs.text import normalise, normalise_many
     from trait.contract import finished_dataset
 
-    texts = finished_dataset(corpus).to_table(columns=["text"]).column("text").to_pylist()
+    texts = finished_dataset(corpus).to_table(columns=["text"]).column("text")
+    if normaliser == "python":
+        texts = texts.to_pylist()
     loaded = [fasttext.load_model(str(load_card(m)[1])) for m in models]
     batch = ScoreConfig(models=models).batch_rows
-    started = time.perf_counter()
+    normalise_many(pa.array([], pa.string()))  # imports and tables before the clock, as normalise's regexes
+    normalising = predicting = 0.0
     for i in range(0, len(texts), batch):
-        normalised = [normalise(t) for t in texts[i:i + batch]]
+        started = time.perf_counter()
+        normalised = [normalise(t) for t in texts[i:i + batch]] if normaliser == "python" else \
+            normalise_many(texts.slice(i, batch))
+        normalising += time.perf_counter() - started
+        started = time.perf_counter()
         for model in loaded:
             positive_probability(model, normalised)
-    return {"seconds": time.perf_counter() - started}
+        predicting += time.perf_counter() - started
+    return {"seconds": normalising + predicting, "normalise_s": normalising, "predict_s": predicting}
 
 
 def child_spark(corpus: str, models: list[str], master: str, output: str, runs: list[str]) -> dict:
     """The score job on ``master``, ``runs`` times in one session; times each whole run_score call."""
+    import psutil
+
     from spark_jobs.score import ScoreConfig, run_score
     from spark_jobs.session import get_spark
     from trait.config import from_dict
 
+    started_s = time.time() - psutil.Process().create_time()  # the interpreter's start and the imports
     t0 = time.perf_counter()
     spark = get_spark("bench-score", master, scheduler_only=True)  # as `trait score` starts it
-    result: dict = {"session_start_s": time.perf_counter() - t0}
+    result: dict = {"started_s": started_s, "session_start_s": time.perf_counter() - t0}
     for run in runs:
         started = time.perf_counter()
         manifest = run_score(spark, from_dict(ScoreConfig, {"models": models}), corpus, f"{output}-{run}")
@@ -197,11 +228,18 @@ def child_spark(corpus: str, models: list[str], master: str, output: str, runs: 
 
 def run_child(log: Path, cpus: str, *args: str) -> dict:
     """Run ``--child ...`` in a fresh process pinned to ``cpus``; its result and peak tree RSS (MiB)."""
+    return run_pinned(log, cpus, [sys.executable, "-m", "benchmarks.score_throughput", "--child", *args])
+
+
+def run_pinned(log: Path, cpus: str, command: list[str]) -> dict:
+    """``command`` pinned to ``cpus``: the JSON of its last output line, its wall time from start to exit
+    (``wall_s``) and peak tree RSS (MiB)."""
     import psutil
 
-    cmd = ["taskset", "-c", cpus, sys.executable, "-m", "benchmarks.score_throughput", "--child", *args]
+    cmd = ["taskset", "-c", cpus, *command]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as err:
+        started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
         root, peak = psutil.Process(proc.pid), 0
         while proc.poll() is None:
@@ -212,52 +250,119 @@ def run_child(log: Path, cpus: str, *args: str) -> dict:
                         rss += p.memory_info().rss
             peak = max(peak, rss)
             time.sleep(0.2)
+        wall = time.perf_counter() - started
         out = proc.stdout.read()
     if proc.returncode:
-        raise RuntimeError(f"{args[0]} child failed ({proc.returncode}); see {log}; rerun: {' '.join(cmd)}")
-    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss_mib": peak / 2**20}
+        raise RuntimeError(f"{command[2]} failed ({proc.returncode}); see {log}; rerun: {' '.join(cmd)}")
+    return {**json.loads(out.strip().splitlines()[-1]), "wall_s": wall, "peak_rss_mib": peak / 2**20}
 
 
-def report(corpus: dict, rounds: list[dict]) -> tuple[list[str], dict]:
-    """Markdown table (best round per run) and the goal ratios (judged by ``gates``)."""
+def run_datatrove(log: Path, cpus: str, corpus: str, models: dict[str, str], output: Path) -> dict:
+    """datatrove's fastText filter with TRAIT's normaliser (benchmarks/datatrove_score.py, in .venv-bench), one
+    worker per CPU in ``cpus``."""
+    shutil.rmtree(output, ignore_errors=True)
+    return run_pinned(log, cpus, [str(BENCH_PYTHON), "-m", "benchmarks.datatrove_score", corpus, str(output),
+                                  "--workers", str(len(cpus.split(","))),
+                                  *(f"--model={column}={path}" for column, path in models.items())])
+
+
+def identical_scores(trait_output: str, datatrove_output: Path, columns: list[str]) -> dict:
+    """Rows of datatrove's output whose every score has the same float32 bits as ``trait score``'s for that id
+    (datatrove drops a row that normalises to nothing: TRAIT's null)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trait.contract import finished_dataset
+
+    ours = finished_dataset(trait_output).to_table(columns=["id", *columns]).sort_by("id")
+    theirs = pa.concat_tables(pq.read_table(p, columns=["id", *columns])
+                              for p in sorted(datatrove_output.glob("*.parquet"))).sort_by("id")
+    ours = ours.filter(ours.column(columns[0]).is_valid())
+    same = len(ours) == len(theirs) and ours.column("id").equals(theirs.column("id"))
+    equal = np.ones(len(theirs), dtype=bool) if same else np.zeros(len(theirs), dtype=bool)
+    for column in columns if same else []:
+        a, b = (t.column(column).to_numpy().astype(np.float32) for t in (ours, theirs))
+        equal &= a.view(np.uint32) == b.view(np.uint32)
+    return {"rows": len(theirs), "trait_scored_rows": len(ours), "identical": int(equal.sum())}
+
+
+def with_start(run: dict) -> float:
+    """A Spark child's first job with what came before it: interpreter, imports, session start."""
+    return run["started_s"] + run["session_start_s"] + run["cold"]["seconds"]
+
+
+def report(corpus: dict, rounds: list[dict], demo: dict | None, demo_rounds: list[dict]) -> tuple[list[str], dict]:
+    """Markdown tables (best round per run) and the goal ratios (judged by ``gates``)."""
     docs, mb = corpus["docs"], corpus["mb"]
-    series = {"raw": [r["raw"] for r in rounds]}
+    series = {f"raw, {n} normaliser": [r[f"raw-{n}"] for r in rounds] for n in ("python", "native")}
     for name in ("spark-1", "spark-2"):
         for run in ("cold", "warm"):
             series[f"{name} {run}"] = [{**r[name][run], "peak_rss_mib": r[name]["peak_rss_mib"]} for r in rounds]
+        series[f"{name} cold, start-up included"] = [{**r[name], "seconds": with_start(r[name])} for r in rounds]
+    for name in ("datatrove-1", "datatrove-2"):
+        series[f"{name}, start-up included"] = [{**r[name], "seconds": r[name]["wall_s"]} for r in rounds]
     lines = ["| run | cores | seconds | spread | docs/s | MB/s | MB/s per core | peak RSS MiB |",
              "|---|" + "---:|" * 7]
-    per_core: dict[str, float] = {}
+    best: dict[str, float] = {}
     for name, runs in series.items():
-        c = 2 if name.startswith("spark-2") else 1
-        best = min(r["seconds"] for r in runs)
-        per_core[name] = mb / best / c
-        lines.append(f"| {name} | {c} | {best:.1f} | {max(r['seconds'] for r in runs) / best:.2f} | "
-                     f"{docs / best:,.0f} | {mb / best:.1f} | {mb / best / c:.2f} | "
+        c = 2 if "-2" in name else 1
+        best[name] = min(r["seconds"] for r in runs)
+        lines.append(f"| {name} | {c} | {best[name]:.1f} | {max(r['seconds'] for r in runs) / best[name]:.2f} | "
+                     f"{docs / best[name]:,.0f} | {mb / best[name]:.1f} | {mb / best[name] / c:.2f} | "
                      f"{max(r['peak_rss_mib'] for r in runs):,.0f} |")
+    parts = {n: {k: min(r[f"raw-{n}"][k] for r in rounds) for k in ("normalise_s", "predict_s")}
+             for n in ("python", "native")}
+    lines.append("\nraw, best round: " + "; ".join(
+        f"{n} normaliser: normalising {p['normalise_s']:.1f} s ({mb / p['normalise_s']:.0f} MB/s), predicting "
+        f"{p['predict_s']:.1f} s" for n, p in parts.items()))
     starts = {name: min(r[name]["session_start_s"] for r in rounds) for name in ("spark-1", "spark-2")}
-    lines.append(f"\nsession start, not in the timings above (best round): "
-                 f"{', '.join(f'{name} {s:.1f} s' for name, s in starts.items())}")
-    ratios = {}
-    lines.append("")
+    lines.append(f"session start (best round): {', '.join(f'{name} {s:.1f} s' for name, s in starts.items())}")
+    ratios: dict = {"native_over_python_normalise": parts["python"]["normalise_s"] / parts["native"]["normalise_s"]}
     for run in ("cold", "warm"):
-        one = per_core[f"spark-1 {run}"] / per_core["raw"]
-        two = 2 * per_core[f"spark-2 {run}"] / per_core[f"spark-1 {run}"]
-        ratios[run] = {"spark1_over_raw": one, "spark2_over_spark1": two}
-        paired = [r["raw"]["seconds"] / r["spark-1"][run]["seconds"] for r in rounds]
+        one = best["raw, native normaliser"] / best[f"spark-1 {run}"]
+        ratios[run] = {"spark1_over_raw": one, "spark2_over_spark1": best[f"spark-1 {run}"] / best[f"spark-2 {run}"]}
+        paired = [r["raw-native"]["seconds"] / r["spark-1"][run]["seconds"] for r in rounds]
         ratios[run]["spark1_over_raw_paired_median"] = median = statistics.median(paired)
-        lines.append(f"{run}: spark 1 core / raw within each round: {', '.join(f'{x:.3f}' for x in paired)}; "
-                     f"median {median:.3f}")
+        lines.append(f"{run}: spark 1 core / raw (native normaliser) within each round: "
+                     f"{', '.join(f'{x:.3f}' for x in paired)}; median {median:.3f}")
+    for c in (1, 2):
+        ratios[f"over_datatrove_{c}"] = best[f"datatrove-{c}, start-up included"] / best[
+            f"spark-{c} cold, start-up included"]
+    same = [r["identical"] for r in rounds]
+    ratios["identical"] = min(s["identical"] / s["rows"] if s["rows"] == s["trait_scored_rows"] else 0.0
+                              for s in same)
+    lines.append("scores bit-identical to datatrove's (float32, by id), each round: " + ", ".join(
+        f"{s['identical']:,} of {s['rows']:,} rows (TRAIT scored {s['trait_scored_rows']:,})" for s in same))
+    if demo is not None:
+        lines += [f"\nat the demo pool's size ({demo['docs']:,} documents, {demo['mb']:,.0f} MB), each run a fresh "
+                  "process, wall time from start to exit:\n", "| run | cores | seconds | spread |",
+                  "|---|---:|---:|---:|"]
+        for c in (1, 2):
+            for name in (f"spark-{c}", f"datatrove-{c}"):
+                walls = [r[name]["wall_s"] for r in demo_rounds]
+                lines.append(f"| {name} | {c} | {min(walls):.1f} | {max(walls) / min(walls):.2f} |")
+            ratios[f"demo_over_datatrove_{c}"] = min(r[f"datatrove-{c}"]["wall_s"] for r in demo_rounds) / min(
+                r[f"spark-{c}"]["wall_s"] for r in demo_rounds)
     return lines, ratios
-
-
 def gates(ratios: dict, quick: bool) -> list[Gate]:
     goals = QUICK_GOALS if quick else GOALS
-    return [g for run in ("cold", "warm") for g in (
-        Gate("score_throughput", f"Spark per core / raw fastText, {run} (best round)",
+    found = [g for run in ("cold", "warm") for g in (
+        Gate("score_throughput", f"Spark per core / raw fastText (native normaliser), {run} (best round)",
              ratios[run]["spark1_over_raw"], goals["spark1_over_raw"]),
         Gate("score_throughput", f"Spark 2 cores / 1 core, {run} (best round)", ratios[run]["spark2_over_spark1"],
              goals["spark2_over_spark1"]))]
+    found += [Gate("score_throughput", "normalising: native / Python normaliser (raw, best round)",
+                   ratios["native_over_python_normalise"], goals["native_over_python"]),
+              *(Gate("score_throughput", f"TRAIT / datatrove's fastText filter, same normaliser, {c} core(s), "
+                     "start-up included (best round)", ratios[f"over_datatrove_{c}"], goals["over_datatrove"])
+                for c in (1, 2)),
+              *(Gate("score_throughput", f"TRAIT / datatrove at the demo pool's size, {c} core(s), start-up "
+                     "included (best round)", ratios[f"demo_over_datatrove_{c}"], goals["demo_over_datatrove"])
+                for c in (1, 2) if f"demo_over_datatrove_{c}" in ratios),
+              Gate("score_throughput", "scores bit-identical to datatrove's (fraction of rows, worst round)",
+                   ratios["identical"], 1.0)]
+    return found
 
 
 def main() -> None:
@@ -270,7 +375,10 @@ def main() -> None:
                         "check: a regression check")
     parser.add_argument("--work", default=str(REPO / ".bench"), help="work dir (corpora, models, results)")
     parser.add_argument("--data", default=default_shared_data())
+    parser.add_argument("--demo-docs", type=int, default=DEMO_DOCS, help="the start-up comparison's corpus size "
+                        "(the demo pool's); 0 skips it (--quick does)")
     parser.add_argument("--child", choices=["setup", "raw", "spark"], help=argparse.SUPPRESS)
+    parser.add_argument("--normaliser", choices=["python", "native"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--master", help=argparse.SUPPRESS)
@@ -278,43 +386,65 @@ def main() -> None:
     parser.add_argument("--runs", default="cold,warm", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.docs, args.rounds, args.skip_memory = QUICK_DOCS, 1, True
+        args.docs, args.rounds, args.skip_memory, args.demo_docs = QUICK_DOCS, 1, True, 0
     work = Path(args.work).resolve()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [max(1, args.docs // 4), args.docs]
     if args.child:
         child = {"setup": lambda: child_setup(work, Path(args.data), [int(s) for s in args.sizes.split(",")]),
-                 "raw": lambda: child_raw(args.corpus, args.models),
+                 "raw": lambda: child_raw(args.corpus, args.models, args.normaliser),
                  "spark": lambda: child_spark(args.corpus, args.models, args.master, args.output,
                                               args.runs.split(","))}[args.child]
         print(json.dumps(child()))
         return
     if (os.cpu_count() or 1) < 2:
         sys.exit("the benchmark needs 2 CPUs")
-    logs = work / "logs"
-    wanted = sorted({args.docs, *([] if args.skip_memory else sizes)})
+    logs, out = work / "logs", work / "out"
+    # Every run replaces its own folder under out/: anything else there is refused, never deleted.
+    check_folder(out, own=OUT_ENTRIES, dataset=False, name="--work's out folder")
+    wanted = sorted({args.docs, *([] if args.skip_memory else sizes), *([args.demo_docs] if args.demo_docs else [])})
     print(f"setting up {', '.join(f'{n:,}' for n in wanted)}-document corpora and the classifiers in {work} ...",
           flush=True)
     setup = run_child(logs / "setup.log", "0,1", "setup", "--work", str(work), "--data", args.data,
                       "--sizes", ",".join(map(str, wanted)))
     models, corpora = setup["models"], {int(n): c for n, c in setup["corpora"].items()}
     corpus = corpora[args.docs]
+    from spark_jobs.classifier import load_card
+
+    columns = {load_card(m)[0]["score_column"]: str(load_card(m)[1]) for m in models}
 
     def spark_run(master: str, cpus: str, data: dict, runs: str = "cold,warm") -> dict:
         tag = master.replace("[", "").replace("]", "")
-        out = work / "out" / tag
-        shutil.rmtree(out.parent, ignore_errors=True)
+        for run in runs.split(","):
+            shutil.rmtree(out / f"{tag}-{run}", ignore_errors=True)
         return run_child(logs / f"spark-{tag}-{data['docs']}.log", cpus, "spark", "--corpus", data["path"],
-                         "--models", *models, "--master", master, "--output", str(out), "--runs", runs)
+                         "--models", *models, "--master", master, "--output", str(out / tag), "--runs", runs)
+
+    def datatrove_run(cpus: str, data: dict) -> dict:
+        c = len(cpus.split(","))
+        return run_datatrove(logs / f"datatrove-{c}-{data['docs']}.log", cpus, data["path"], columns,
+                             out / f"datatrove-{c}")
 
     print(f"corpus: {corpus['docs']:,} documents, {corpus['mb']:,.0f} MB of text; "
           f"models: {', '.join(Path(m).name for m in models)}", flush=True)
     rounds: list[dict] = []
+    demo_rounds: list[dict] = []
+    demo = corpora[args.demo_docs] if args.demo_docs else None
     for i in range(args.rounds):
-        print(f"round {i + 1} of {args.rounds}: raw, spark local[1], spark local[2] ...", flush=True)
-        rounds.append({"raw": run_child(logs / "raw.log", "0", "raw", "--corpus", corpus["path"], "--models", *models),
-                       "spark-1": spark_run("local[1]", "0", corpus),
-                       "spark-2": spark_run("local[2]", "0,1", corpus)})
-    lines, ratios = report(corpus, rounds)
+        print(f"round {i + 1} of {args.rounds}: raw (Python, native normaliser), spark local[1], local[2], "
+              "datatrove 1 and 2 workers ...", flush=True)
+        one = {f"raw-{n}": run_child(logs / f"raw-{n}.log", "0", "raw", "--corpus", corpus["path"], "--models",
+                                     *models, "--normaliser", n) for n in ("python", "native")}
+        one |= {"spark-1": spark_run("local[1]", "0", corpus), "spark-2": spark_run("local[2]", "0,1", corpus),
+                "datatrove-1": datatrove_run("0", corpus), "datatrove-2": datatrove_run("0,1", corpus)}
+        one["identical"] = identical_scores(str(out / "local1-cold"), out / "datatrove-1", list(columns))
+        rounds.append(one)
+        if demo is not None:
+            print(f"round {i + 1} of {args.rounds} at {demo['docs']:,} documents: one job per process ...",
+                  flush=True)
+            demo_rounds.append({"spark-1": spark_run("local[1]", "0", demo, runs="cold"),
+                                "spark-2": spark_run("local[2]", "0,1", demo, runs="cold"),
+                                "datatrove-1": datatrove_run("0", demo), "datatrove-2": datatrove_run("0,1", demo)})
+    lines, ratios = report(corpus, rounds, demo, demo_rounds)
     print(f"\nbest of {args.rounds} interleaved round(s) (spread: slowest / fastest round)\n")
     print("\n".join(lines))
     memory = {}
@@ -327,6 +457,7 @@ def main() -> None:
         print(f"peak memory of the score job (driver Python + JVM + Python workers, RSS summed): {'; '.join(figures)}"
               f" -> {high / low:.2f}x memory for {corpora[sizes[-1]]['docs'] / corpora[sizes[0]]['docs']:.1f}x data")
     result = {"docs": corpus["docs"], "text_mb": corpus["mb"], "rounds": rounds, "ratios": ratios,
+              "demo": demo, "demo_rounds": demo_rounds,
               "memory": {str(n): {**run, "docs": corpora[n]["docs"], "text_mb": corpora[n]["mb"]}
                          for n, run in memory.items()},
               "cpu_count": os.cpu_count(), "args": vars(args)}

@@ -53,6 +53,7 @@ import httpx
 import yaml
 
 from benchmarks.gates import Gate, record
+from trait.outputs import check_folder
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.9
@@ -128,6 +129,9 @@ async def _post_all(base_url: str, bodies: list[dict], concurrency: int) -> list
         return await asyncio.gather(*(one(b) for b in bodies))
 
 
+WORK_ENTRIES = ("synth.yaml", "server.log", "out", "out._chunks", "trait-*.log", "bench.json", "bench-quick.json")
+
+
 def run_bare(base_url: str, bodies: list[dict], concurrency: int) -> dict:
     started = time.perf_counter()
     replies = asyncio.run(_post_all(base_url, bodies, concurrency))
@@ -166,6 +170,8 @@ def main() -> None:
     args = parser.parse_args()
     problems, rounds = (QUICK_PROBLEMS, 1) if args.quick else (args.problems_per_task, args.rounds)
     work = Path(args.work).resolve()
+    # out/ and out._chunks/ are replaced on every round: the work dir may hold only what this benchmark writes.
+    check_folder(work, WORK_ENTRIES, dataset=False, name="--work")
     work.mkdir(parents=True, exist_ok=True)
     config = synth_config(problems, args.concurrency, args.batch_groups)
     config_path = work / "synth.yaml"

@@ -11,14 +11,15 @@ python=${PYTHON:-python3}
 if [ ! -x .venv-bench/bin/python ]; then
   "$python" -m venv .venv-bench
 fi
-if ! .venv-bench/bin/python -c "import datatrove, fasttext, xxhash, orjson, regex, spacy, tokenizers" 2>/dev/null \
+if ! .venv-bench/bin/python -c "import datatrove, fasttext, fasteners, xxhash, orjson, regex, spacy, tokenizers" 2>/dev/null \
     || [ "$(.venv-bench/bin/python -c 'import importlib.metadata as m; print(m.version("datatrove"))')" != "0.10.1" ]; then
   .venv-bench/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
   # fasttext-numpy2-wheel: the only fastText package its filter accepts; xxhash<4: its MinHash hashes str, which
   # xxhash 4 refuses ("Strings must be encoded"); spacy: its English word tokenizer (spacy.blank("en"), no model
-  # download); regex, tokenizers, orjson: imported by its text utilities, readers and JSONL reader.
+  # download); regex, tokenizers, orjson: imported by its text utilities, readers and JSONL reader; fasteners: its
+  # fastText filter's model cache lock.
   .venv-bench/bin/python -m pip install -q --disable-pip-version-check "datatrove==0.10.1" \
     "fasttext-numpy2-wheel==0.9.2" "xxhash>=3,<4" "spacy>=3.8,<4" "regex>=2023.10" "tokenizers>=0.19" \
-    "orjson>=3.9" "pyarrow>=15" "numpy>=1.26"
+    "orjson>=3.9" "pyarrow>=15" "numpy>=1.26" "fasteners>=0.19"
 fi
 echo "setup_bench: ready ($(.venv-bench/bin/python -c 'import datatrove, importlib.metadata as m; print("datatrove", m.version("datatrove"))'))" >&2
