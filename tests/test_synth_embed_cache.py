@@ -63,7 +63,9 @@ def test_only_missing_texts_are_embedded_and_repeats_once(tmp_path, questions):
     mixed = questions[20:] + questions[30:35]  # 5 cached, 15 new, 5 of them twice
     out = emb.embed(mixed)
     assert sum(rows) == 15
-    assert np.array_equal(out, embedder(None).compute(mixed))
+    # The new texts were embedded in batches of other shapes than all 25 at once: the matrix products sum in
+    # another order, so the vectors agree to float32 rounding, not bit for bit (a full run once saw 3e-8).
+    np.testing.assert_allclose(out, embedder(None).compute(mixed), rtol=0, atol=1e-6)
     assert len(list(emb.cache.dir.glob("*.npz"))) == 2  # one file per call that computed something
 
 
