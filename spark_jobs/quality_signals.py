@@ -23,8 +23,12 @@ a percentile. Figures against web documents labelled good or bad: docs/quality-v
 the dev part and 0.75 on the test part; the fastText reference-vs-crawl classifier: 0.65 and 0.63).
 
 datatrove tokenises English words and sentences with spaCy (a blank ``en`` pipeline): both come with the
-``quality`` extra. Cost: about 0.1 MB of text per second per core, spaCy's tokenisation most of it; fastText
-scores ~30 MB/s.
+``quality`` extra. It does so inside spaCy memory zones, where spaCy's tokenizer neither keeps lexemes nor caches
+how it split a whitespace-separated chunk: every token of every document goes through the affix rules again, most
+of the signal's time. So each process first tokenises the first ``WARM_CHARS`` characters it judges outside a
+zone (``_warm_up``), which fills that cache with the common chunks for good. The cache only remembers spaCy's own
+splits, so every verdict is unchanged (tests/test_quality_signals.py); the signal runs ~3.4 x faster (0.07 to
+0.23 MB/s per core on a loaded machine, 800 Wikipedia and Pile documents). fastText scores ~30 MB/s.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ HEURISTIC_MATH_V1 = "score_quality_heuristic_math_v1"
 SIGNALS = {HEURISTIC_V1: (True, 0.8), HEURISTIC_MATH_V1: (False, None)}
 FILTERS = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality")
 INSTALL = "pip install -c constraints.txt -e '.[quality]'"
+WARM_CHARS = 4_000_000  # text each process tokenises outside a memory zone first (a few MB of lexemes, once)
+_warmed_chars = 0
 
 
 def check(columns: list[str]) -> None:
@@ -99,13 +105,27 @@ def _filters(column: str) -> tuple:
             C4QualityFilter(filter_no_terminal_punct=False, filter_curly_bracket=curly), FineWebQualityFilter())
 
 
+def _warm_up(text: str, language: str) -> None:
+    """Tokenise ``text`` with the filters' spaCy tokenizer outside a memory zone while this process has warmed it
+    with fewer than ``WARM_CHARS`` characters: its lexemes and chunk splits stay cached (see the module's doc)."""
+    global _warmed_chars
+    if _warmed_chars < WARM_CHARS:
+        from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+        # the filters' tokenizer (datatrove keeps one per language): its spaCy pipeline's Tokenizer
+        load_word_tokenizer(language).tokenizer.tokenizer(text)
+        _warmed_chars += len(text)
+
+
 def filter_verdicts(text: str, column: str = HEURISTIC_V1) -> dict[str, str | None]:
     """Per filter (``FILTERS``) of the signal ``column``: None if ``text`` passes it, else datatrove's reason (e.g.
     'gopher_short_doc')."""
     from datatrove.data import Document
 
+    filters = _filters(column)
+    _warm_up(text, filters[0].language)
     out = {}
-    for name, flt in zip(FILTERS, _filters(column)):
+    for name, flt in zip(FILTERS, filters):
         verdict = flt.filter(Document(text=text, id=""))  # a fresh Document: the C4 filter rewrites its text
         out[name] = None if verdict is True else verdict[1]
     return out

@@ -18,6 +18,8 @@ from spark_jobs.score import ScoreConfig, run_score
 from trait.config import ConfigError, from_dict
 from trait.contract import finished_dataset, validate_table, write_text_dataset
 
+from .conftest import REPO, SHARED_DATA, read_jsonl
+
 GOOD = ("The river rises in the hills north of the town and flows south for about forty kilometres. "
         "Its valley was farmed from the Bronze Age, and the remains of several early settlements have been found "
         "along its banks.\n"
@@ -109,3 +111,24 @@ def test_the_score_job_adds_the_signal_column(spark, tmp_path):
     assert manifest["signals"][HEURISTIC_V1]["datatrove"] == "0.10.1"
     written = json.loads((Path(tmp_path / "out") / "manifest.json").read_text())
     assert written["counts"]["by_source"]["web/test"][f"{HEURISTIC_V1}_nulls"] == 1
+
+
+def test_warming_the_tokenizer_changes_no_verdict():
+    """The signal tokenises what it judges outside spaCy's memory zones first, so spaCy caches its splits
+    (``quality_signals._warm_up``). datatrove's filters alone, in a fresh process that does not warm, give the same
+    verdicts on real documents of every kind the selection scores: encyclopedia articles, web chunks, LaTeX math."""
+    corpora = SHARED_DATA / "corpora"
+    texts = [r["text"] for r in read_jsonl(corpora / "general/enwiki_2015_part1.jsonl.gz", 20)]
+    texts += [r["contents"] for r in read_jsonl(corpora / "general/web_samples/dsir_toy_pile_data.jsonl", 80)]
+    texts += [r["text"] for r in read_jsonl(corpora / "math/planetmath/planetmath_entries.jsonl.gz", 40)]
+    assert sum(map(len, texts)) < quality_signals.WARM_CHARS  # every document is judged after it warmed the cache
+    code = ("import json, sys; from datatrove.data import Document; from spark_jobs.quality_signals import _filters\n"
+            "texts, column = json.load(sys.stdin)\n"
+            "print(json.dumps([[None if (v := f.filter(Document(text=t, id=''))) is True else v[1]"
+            " for f in _filters(column)] for t in texts]))")
+    for column in (HEURISTIC_V1, HEURISTIC_MATH_V1):
+        cold = subprocess.run([sys.executable, "-c", code], input=json.dumps([texts, column]), capture_output=True,
+                              text=True, check=True, cwd=REPO).stdout
+        warm = [list(filter_verdicts(t, column).values()) for t in texts]
+        assert warm == json.loads(cold)
+        assert len({tuple(v) for v in warm}) > 3  # the documents meet different verdicts, not one
