@@ -40,6 +40,7 @@ from .classifier import load_card, positive_probability
 from .dataset import JobOutput, finished_manifest, parts_glob, read_schema
 from .fs import HadoopFS, arrow_filesystem
 from .parquet_append import ColumnAppender
+from .select import Threshold
 from .text import normalise_many
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,21 @@ class ScoreConfig:
     split_bytes: int | None = field(None, help="bytes of input Parquet per task; null: the input over 8 tasks "
                                     "per core (so the last wave is short), between 4 MiB and 128 MiB")
     batch_rows: int = field(2048, help="rows normalised and scored per Arrow batch")
+    signals_where: Threshold | None = field(
+        None, help="a cascade: compute the signals only where a classifier's score is at least min "
+        "(COLUMN:min=X, e.g. score_domain_math_v1:min=0.05); elsewhere they are null, so select never keeps those "
+        "rows (counted as null_quality_score) and a quality percentile is taken among the rows that have one")
 
     def validate(self) -> None:
         if not self.models and not self.signals:
             raise ConfigError("score needs at least one classifier directory (models) or signal (signals)")
         quality_signals.check(self.signals)
+        if self.signals_where is not None:
+            if not self.signals:
+                raise ConfigError("signals_where gates the signals, but no signal is computed (signals is empty)")
+            if self.signals_where.min is None:
+                raise ConfigError(f"signals_where: give a fixed score, {self.signals_where.column}:min=X (a "
+                                  "percentile or budget would need the whole corpus scored first)")
         if self.split_bytes is not None and self.split_bytes <= 0:
             raise ConfigError(f"split_bytes must be positive, got {self.split_bytes}")
         if self.batch_rows <= 0:
@@ -68,11 +79,13 @@ class ScoreConfig:
 
 
 def score_texts(texts: pa.ChunkedArray, models: list[tuple[str, object]], batch_rows: int,
-                signals: tuple[str, ...] = ()) -> pa.Table:
+                signals: tuple[str, ...] = (), signals_where: tuple[str, float] | None = None) -> pa.Table:
     """One float32 column per ``(column, loaded fastText model)``: P(positive) of each text, and per signal column
-    (``quality_signals``), ``batch_rows`` texts at a time; null where the text normalises to nothing."""
+    (``quality_signals``), ``batch_rows`` texts at a time; null where the text normalises to nothing, and the
+    signals null too where the model column ``signals_where[0]`` scores below ``signals_where[1]``."""
     values = {column: np.zeros(len(texts), dtype=np.float32) for column in [*(c for c, _ in models), *signals]}
     present = np.zeros(len(texts), dtype=bool)
+    signalled = np.zeros(len(texts), dtype=bool)
     for start in range(0, len(texts), batch_rows):
         batch = texts.slice(start, batch_rows)
         normalised = normalise_many(batch)
@@ -84,10 +97,15 @@ def score_texts(texts: pa.ChunkedArray, models: list[tuple[str, object]], batch_
         kept = present[start:end]
         for column, model in models:
             values[column][start:end][kept] = positive_probability(model, scored)
-        raw_kept = [t for t, n in zip(batch.to_pylist(), normalised) if n] if signals else []  # the raw text
-        for column in signals:
-            values[column][start:end][kept] = quality_signals.score(column, raw_kept)
-    return pa.table({column: pa.array(v, type=pa.float32(), mask=~present) for column, v in values.items()})
+        if not signals:
+            continue
+        gated = kept if signals_where is None else kept & (values[signals_where[0]][start:end] >= signals_where[1])
+        signalled[start:end] = gated
+        raw = [t for t, g in zip(batch.to_pylist(), gated) if g]  # signals judge the raw text
+        for column in signals if raw else ():
+            values[column][start:end][gated] = quality_signals.score(column, raw)
+    return pa.table({column: pa.array(v, type=pa.float32(), mask=~(signalled if column in signals else present))
+                     for column, v in values.items()})
 
 
 def plan_splits(files: list[tuple[str, int]], split_bytes: int) -> list[tuple[int, str, int, int]]:
@@ -112,7 +130,7 @@ def _row_groups_in(metadata, start: int, end: int) -> list[int]:
 
 
 def score_split(split: tuple[int, str, int, int], models: list[tuple[str, str]], schema: pa.Schema, staging: str,
-                batch_rows: int, signals: tuple[str, ...] = ()) -> dict:
+                batch_rows: int, signals: tuple[str, ...] = (), signals_where: tuple[str, float] | None = None) -> dict:
     """Executor side: score the row groups of one split into one attempt file; return its name and row count,
     and (from the split at the start of its file) the file's row count in its footer, so the driver counts the
     rows in without a pass of its own. Only ``text`` is decoded; each output row group is the input's column
@@ -139,7 +157,7 @@ def score_split(split: tuple[int, str, int, int], models: list[tuple[str, str]],
             appender = ColumnAppender(source, sink, added, schema)
             for group in groups:
                 text = reader.read_row_group(group, columns=["text"], use_threads=False).column("text")
-                appender.write_row_group(group, score_texts(text, loaded, batch_rows, signals))
+                appender.write_row_group(group, score_texts(text, loaded, batch_rows, signals, signals_where))
             appender.close()
     return {**result, "file": name, "rows": sum(reader.metadata.row_group(g).num_rows for g in groups)}
 
@@ -184,6 +202,10 @@ def run_score(spark, config: ScoreConfig, input_path: str, output: str, overwrit
     columns = [card["score_column"] for card, _ in cards] + config.signals
     if len(set(columns)) != len(columns):
         raise ConfigError(f"two classifiers or signals write the same column: {columns}")
+    gate = config.signals_where
+    if gate is not None and gate.column not in columns[:len(cards)]:
+        raise ConfigError(f"signals_where: {gate.column!r} is not a column of the classifiers scored here "
+                          f"({columns[:len(cards)]})")
     signal_versions = {column: quality_signals.describe(column) for column in config.signals}
     job = JobOutput(spark, output, "score", {**to_dict(config), "cards": [c for c, _ in cards],
                                              "signal_versions": signal_versions},
@@ -209,7 +231,8 @@ def run_score(spark, config: ScoreConfig, input_path: str, output: str, overwrit
     staging = job.begin()
     sc.setJobDescription(f"trait score: {len(splits)} splits of {input_path}")
     task = functools.partial(score_split, models=models, schema=schema, staging=staging,
-                             batch_rows=config.batch_rows, signals=tuple(config.signals))
+                             batch_rows=config.batch_rows, signals=tuple(config.signals),
+                             signals_where=None if gate is None else (gate.column, gate.min))
     results = sc.parallelize(splits, len(splits)).map(task).collect()
     rows_in = sum(r["file_rows"] for r in results)
     written = [r for r in sorted(results, key=lambda r: r["index"]) if r["file"]]

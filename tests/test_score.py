@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_jobs.classifier import load_card, positive_probability
+from spark_jobs import quality_signals
 from spark_jobs.dataset import DatasetError
+from spark_jobs.quality_signals import HEURISTIC_MATH_V1, HEURISTIC_V1
 from spark_jobs.score import ATTEMPTS_DIR, ScoreConfig, run_score, score_texts
 from spark_jobs.text import normalise
 from trait.config import ConfigError, from_dict
@@ -90,6 +92,38 @@ def test_a_text_with_nothing_to_score_gets_a_null_score(classifiers):
     assert scores.type == pa.float32() and scores.null_count == 2 and not scores[1].is_valid and not scores[3].is_valid
     expected = positive_probability(model, [normalise(texts[i]) for i in (0, 2, 4)])
     assert np.array_equal(scores.take([0, 2, 4]).to_numpy(), expected)
+
+
+def test_signals_where_computes_the_signals_only_where_the_gate_passes(spark, small_corpus, classifiers, tmp_path):
+    """A cascade: the heuristic signal is computed where the domain score reaches the gate, and is null elsewhere
+    and where the text normalises to nothing; what it computes is the signal as computed alone."""
+    _, bin_path = load_card(classifiers[0])
+    model = fasttext.load_model(str(bin_path))
+    math = [r["text"] for r in read_jsonl(SHARED_DATA / "corpora/math/planetmath/planetmath_entries.jsonl.gz", 4)]
+    wiki = [r["text"] for r in read_jsonl(SHARED_DATA / "corpora/general/enwiki_2015_part1.jsonl.gz", 4)]
+    texts = [math[0], wiki[0], "$$", math[1], wiki[1], wiki[2], math[2], math[3], wiki[3]]
+    domain = positive_probability(model, [normalise(t) for t in texts if normalise(t)])
+    gate = float(np.median(domain))
+    out = score_texts(pa.chunked_array([texts[:4], texts[4:]]), [("score_domain_math_v1", model)], 3,
+                      (HEURISTIC_MATH_V1,), ("score_domain_math_v1", gate))
+    scores = out.column("score_domain_math_v1").to_pylist()
+    assert scores[2] is None and np.allclose([s for s in scores if s is not None], domain)
+    passed = [i for i, s in enumerate(scores) if s is not None and s >= np.float32(gate)]
+    assert 0 < len(passed) < 8
+    signal = out.column(HEURISTIC_MATH_V1).to_pylist()
+    assert [i for i, v in enumerate(signal) if v is not None] == passed
+    assert [signal[i] for i in passed] == quality_signals.score(HEURISTIC_MATH_V1, [texts[i] for i in passed]).tolist()
+
+    with pytest.raises(ConfigError, match="no signal is computed"):
+        from_dict(ScoreConfig, {"models": classifiers, "signals_where": "score_domain_math_v1:min=0.5"})
+    with pytest.raises(ConfigError, match="give a fixed score"):
+        from_dict(ScoreConfig, {"models": classifiers, "signals": [HEURISTIC_V1],
+                                "signals_where": "score_domain_math_v1:percentile=90"})
+    cfg = from_dict(ScoreConfig, {"models": classifiers[1:], "signals": [HEURISTIC_V1],
+                                  "signals_where": "score_domain_math_v1:min=0.5"})
+    with pytest.raises(ConfigError, match="not a column of the classifiers scored here"):
+        run_score(spark, cfg, small_corpus["pool"], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_splits_smaller_than_row_groups_score_every_row_once(spark, scored, small_corpus, classifiers, tmp_path):
