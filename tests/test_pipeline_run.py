@@ -77,7 +77,12 @@ def test_domain_classifier_validation_is_in_the_table_the_report_and_the_output(
         assert "held-out metrics of score_domain_math_v1" in text and "| openstax-contemporary | positive |" in text
     report = json.loads((reference["run"] / "report" / "report.json").read_text())
     assert set(report["classifiers"]["score_domain_math_v1"]["validation"]["sets"]) == set(checks["sets"])
-    assert report["classifiers"]["score_quality_edu_v1"]["validation"] is None
+    # the quality signal is computed where the domain score reaches the cascade's gate, and only there
+    scored = json.loads((reference["run"] / "data" / "scored" / "manifest.json").read_text())
+    counts = scored["counts"]["by_source"].values()
+    gated = sum(c["rows"] - c["score_quality_heuristic_math_v1_nulls"] for c in counts)
+    assert 0 < gated < sum(c["rows"] for c in counts)
+    assert set(report["classifiers"]) == {"score_domain_math_v1"}
 
 
 def test_rerun_skips_every_stage(reference):

@@ -20,13 +20,10 @@ def reduced_config(root: Path) -> Path:
     cfg["inputs"]["seed"]["inputs"] = [i for i in cfg["inputs"]["seed"]["inputs"] if "openstax" in i["path"]]
     cfg["inputs"]["pool"]["inputs"] = [i for i in cfg["inputs"]["pool"]["inputs"] if "enwiki" not in i["path"]]
     cfg["inputs"]["heldout"] = {"seed_docs": 40, "pool_docs": 40, "seed": 0}
-    domain, quality = cfg["selection"]["classifiers"]
+    (domain,) = cfg["selection"]["classifiers"]
     checks = cfg["selection"]["validation"]["domain_math"]
     checks["sets"] = [s for s in checks["sets"] if s["name"] != "wiki-heldout"]  # the pool has no Wikipedia here
     domain["negatives"] = [{"path": "pool"}]
-    quality["positives"] = [{"path": "seed", "max_docs": 150},
-                            {"path": "pool", "sources": ["web/pile/Wikipedia (en)", "web/pile/PubMed Abstracts",
-                                                         "web/arxiv"]}]
     cfg["selection"]["select"]["domain"]["token_budget"] = 40000
     cfg["synth"].update(limit=12, batch_groups=4)
     t = cfg["training"]
