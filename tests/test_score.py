@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_jobs.classifier import load_card, positive_probability
 from spark_jobs import quality_signals
+from spark_jobs.classifier import load_card, positive_probability
 from spark_jobs.dataset import DatasetError
 from spark_jobs.quality_signals import HEURISTIC_MATH_V1, HEURISTIC_V1
 from spark_jobs.score import ATTEMPTS_DIR, ScoreConfig, run_score, score_texts
