@@ -173,8 +173,12 @@ def test_classifiers_are_validated_on_datasets_nothing_trains_on_before_the_repo
 def test_paper_scale_config_validates_and_plans(tmp_path):
     cfg = load_config(PipelineConfig, CONFIGS / "math_paper.yaml", [f"run_dir={tmp_path / 'paper'}"])
     text = plan_text(cfg)
-    assert "34 of 34 stages to run" in text
+    assert "33 of 33 stages to run" in text
     stages = {s.name: s for s in build_stages(cfg)}
+    # one classifier: the quality gate is the heuristic signal, computed where the domain score reaches a floor
+    assert [n for n in stages if n.startswith("classifier_")] == ["classifier_domain_math"]
+    assert stages["score"].config["job"]["signals_where"] == {"column": "score_domain_math_v1", "min": 0.05,
+                                                               "percentile": None, "token_budget": None}
     assert cfg.training.model.endswith("Mistral-7B-v0.1")
     assert stages["eval_trait"].config["limit"] is None  # the nine benchmarks at full size
     assert stages["eval_trait"].config["tasks"] == ["math"]
