@@ -20,6 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 
@@ -378,9 +379,18 @@ def _json_ok(text: str) -> bool:
         return False
 
 
+async def requests_running(http: httpx.AsyncClient, server: VllmServer) -> float:
+    """vLLM's own gauge of the requests it is generating for (``/metrics``, Prometheus text)."""
+    text = (await http.get(f"{server.base_url}/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:num_requests_running"))
+
+
 @needs_vllm
 def test_server_killed_mid_run_then_stop_leaves_nothing(vllm):
-    """Last vLLM test: SIGKILL the API server while 32 requests of 2000 tokens (~15 s of work) are in flight."""
+    """Last vLLM test: SIGKILL the API server while 32 requests of 2000 tokens are in flight. The kill waits for
+    vLLM to report requests running (the 32 are sent at once and batched together), not for a fixed time: the
+    whole batch takes ~5 s on 2 cores, and in a loaded full run a one-second sleep returned after it had ended."""
     server, _ = vllm
     pgid = server.pid
     requests = [ChatRequest([{"role": "user", "content": "x"}], {"max_tokens": 2000, "ignore_eos": True})
@@ -388,10 +398,13 @@ def test_server_killed_mid_run_then_stop_leaves_nothing(vllm):
     timeline = {}
 
     async def go():
-        async with client_for(server, max_concurrency=32, max_retries=2, timeout_s=60) as client:
+        async with (client_for(server, max_concurrency=32, max_retries=2, timeout_s=60) as client,
+                    httpx.AsyncClient(timeout=5) as http):
             pending = asyncio.ensure_future(client.chat_many(requests, return_exceptions=True))
             start = time.monotonic()
-            await asyncio.sleep(1.0)
+            while await requests_running(http, server) < 1:
+                assert time.monotonic() - start < 30 and not pending.done(), "vLLM never reported a running request"
+                await asyncio.sleep(0.02)
             os.kill(server.pid, signal.SIGKILL)
             timeline["kill"] = time.monotonic() - start
             outs = await pending
