@@ -68,6 +68,16 @@ def child(stage: str, pool: str, out: Path, limit: int | None) -> dict:
     import numpy as np
 
     texts = load_texts(pool, limit)
+    # Untimed: compiled kernels (trait/native.py) compile on their first call, once per machine thanks to numba's
+    # cache; a worker pays that once, not per batch. Decontamination's first call is the index build.
+    if stage == "dedup":
+        from trait.minhash import DedupConfig, signatures
+
+        signatures(texts[:1], DedupConfig())
+    elif stage == "dsir":
+        from spark_jobs.dsir import bucket_counts
+
+        bucket_counts(texts[:1], 10_000, 1)  # a featurizer of its own (max_pairs 1): the timed one starts cold
     if stage == "decontaminate":
         from trait.decontam import DecontamConfig, build_index
 
@@ -155,6 +165,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"the first {QUICK_TEXTS} pool documents, one round")
     parser.add_argument("--work", default=str(REPO / ".bench" / "stages"), help="work dir (pool, outputs)")
     parser.add_argument("--data", default=default_shared_data())
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="the stages to time")
     parser.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--pool", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -176,9 +187,10 @@ def main() -> None:
     words, mb = sum(len(t.split()) for t in texts), sum(len(t.encode()) for t in texts) / 1e6
     print(f"pool: {len(texts):,} documents, {words:,} words, {mb:,.0f} MB ({pool}); {rounds} round(s) on CPU {CPU}",
           flush=True)
-    seconds: dict[str, dict[str, list[float]]] = {s: {"before": [], "now": []} for s in STAGES}
+    stages = [s for s in STAGES if s in args.stages]
+    seconds: dict[str, dict[str, list[float]]] = {s: {"before": [], "now": []} for s in stages}
     for i in range(1, rounds + 1):
-        for stage in STAGES:
+        for stage in stages:
             for kind in ("before", "now") if i % 2 else ("now", "before"):
                 r = run_child(stage, before if kind == "before" else REPO, pool, run_dir / kind, args.data, limit)
                 seconds[stage][kind].append(r["seconds"])
@@ -187,7 +199,7 @@ def main() -> None:
     print("\n| stage | before words/s/core | now words/s/core | before core-h / 10^12 words | now core-h / 10^12 "
           "words | now / before | output |\n|---|---:|---:|---:|---:|---:|---|")
     gates, details = [], {"docs": len(texts), "words": words, "mb": mb, "seconds": seconds, "before": BEFORE}
-    for stage in STAGES:
+    for stage in stages:
         same, note = same_output(stage, run_dir / "before", run_dir / "now")
         rate = {k: words / statistics.median(v) for k, v in seconds[stage].items()}
         ratio = rate["now"] / rate["before"]
@@ -198,8 +210,8 @@ def main() -> None:
               f"{core_h['now']:,.0f} | {ratio:.2f} | {'unchanged' if same else 'CHANGED'} ({note}) |")
         gates.append(Gate("stage_throughput", f"{stage}: per-core rate now / before (median of rounds)", ratio,
                           QUICK_GOAL if args.quick else GOAL))
-    unchanged = sum(details[s]["output_unchanged"] for s in STAGES) / len(STAGES)
-    gates.append(Gate("stage_throughput", "share of the three stages whose output is unchanged", unchanged, 1.0))
+    unchanged = sum(details[s]["output_unchanged"] for s in stages) / len(stages)
+    gates.append(Gate("stage_throughput", "share of the stages timed whose output is unchanged", unchanged, 1.0))
     (run_dir / "bench.json").write_text(json.dumps(details, indent=1))
     record("stage_throughput", gates, args.quick, details)
 

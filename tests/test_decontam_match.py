@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import xxhash
 
 from trait.decontam import NgramIndex, ngram_hashes, words
 
@@ -13,7 +14,7 @@ VOCAB = [f"w{i}" for i in range(300)] + ["Zoë", "naïve", "straße", "x_1", "٣
 
 def plain_matches(index: NgramIndex, text: str) -> tuple[tuple[str, ...], str | None, int]:
     """The per-document definition: each n-gram's hash looked up with np.isin, masks OR-ed over the hits."""
-    hashes = ngram_hashes(text, index.n)
+    hashes = ngram_hashes([text], index.n)
     hit = np.isin(hashes, index.keys)
     if not hit.any():
         return (), None, 0
@@ -53,12 +54,20 @@ def test_an_ngram_spanning_two_documents_of_a_batch_is_not_a_match():
     assert [m.benchmarks for m in index.match_many(["x a b c", "d e f y", "a b c d e f"])] == [(), (), ("t",)]
 
 
-def test_word_hashes_stay_right_when_the_bounded_table_is_emptied(monkeypatch):
-    import trait.decontam as decontam
-
-    monkeypatch.setattr(decontam, "_MAX_WORD_HASHES", 8)
-    monkeypatch.setattr(decontam, "_word_ids", {})
-    batches = [["a", "b", "a", "c"], [f"w{i}" for i in range(6)], ["a", "z", "a"], [f"v{i}" for i in range(20)]]
-    for ws in batches:  # fits; fills past the bound (emptied, redone); fits again; more distinct words than the bound
-        assert decontam.word_hashes(ws).tolist() == [decontam.word_hash(w) for w in ws]
-        assert len(decontam._word_ids) <= 8
+def test_the_kernel_splits_words_as_the_regex_does():
+    """Unigram hashes (n = 1, so each is fmix64 of a word's xxh3-64) of texts mixing scripts, digits, marks, case
+    changes that lengthen a text ("İ"), 4-byte characters and lone surrogates: the kernel's words are ``words``'."""
+    rng = random.Random(11)
+    alphabet = list("aZ_9 \t\n.,-'") + ["İ", "ß", "é", "e\u0301", "٣", "²", "½", "Ⅻ", "中", "😀", "𝔸", "\u200d",
+                                          "\xa0", "\u2028", "\ud800", "\udfff", "\x00", "·"]
+    texts = ["", " ", "İİ", "x\ud800y"] + ["".join(rng.choices(alphabet, k=rng.randint(1, 60))) for _ in range(400)]
+    mask = (1 << 64) - 1
+    for text in texts:
+        expected = []
+        for w in words(text):
+            h = xxhash.xxh3_64_intdigest(w.encode("utf-8", "surrogatepass"))
+            for mult in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+                h = ((h ^ (h >> 33)) * mult) & mask
+            expected.append(h ^ (h >> 33))
+        assert ngram_hashes([text], 1).tolist() == expected, repr(text)
+    assert len(ngram_hashes(texts, 1)) == sum(len(words(t)) for t in texts)  # a batch: the texts back to back

@@ -1,13 +1,15 @@
 """N-gram decontamination against benchmark test splits: one implementation for the Spark job and the generator.
 
-Imports only the standard library, numpy and ``trait.config`` (PyYAML). A text is normalised (lower-cased, words
-``\\w+``) and every run of ``n`` consecutive words is hashed to 64 bits. The hash is stable across processes and
-machines: each word is hashed with blake2b (8-byte digest, cached), and the ``n`` word hashes are combined by a
-polynomial over uint64 (wrapping) followed by murmur3's 64-bit finaliser, in numpy over all n-grams of a batch at
-once; that is one blake2b per distinct word instead of one per n-gram. ``NgramIndex`` holds the sorted unique
-n-gram hashes of the benchmarks (uint64) and a parallel bitmask of the benchmarks each comes from; a document
-matches when any of its n-grams is found by ``np.searchsorted`` (a bitmap of the keys' top 24 bits first rules out
-most n-grams without a search). With 2^64 hashes and 918,205 indexed n-grams
+Imports only the standard library, numpy, numba, xxhash and ``trait.config`` (PyYAML), so ``synth/`` uses it
+without pyspark. A text is normalised (lower-cased, words ``\\w+``) and every run of ``n`` consecutive words is
+hashed to 64 bits. The hash is stable across processes and machines: each word is hashed with xxh3-64 (its UTF-8
+bytes, seed 0), and the ``n`` word hashes are combined by a polynomial over uint64 (wrapping) followed by murmur3's
+64-bit finaliser. A compiled kernel (``trait.native``) does all of it in one pass over a batch's UTF-8 bytes,
+with no Python object per word (the numpy version it replaced hashed each distinct word with blake2b and kept a
+dict from word to hash; rates of both in docs/benchmarks-scale.md). ``NgramIndex`` holds the sorted
+unique n-gram hashes of the benchmarks (uint64) and a parallel bitmask of the benchmarks each comes from; a
+document matches when any of its n-grams is found by binary search in them (a bitmap of the keys' top 24 bits
+first rules out most n-grams without a search). With 2^64 hashes and 918,205 indexed n-grams
 (the registry's ten benchmarks at n=13), the chance that a given document n-gram falsely matches is ~5.0e-14.
 """
 
@@ -15,18 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from trait.benchmarks import BENCHMARKS, BenchmarkError, BenchmarkFile, default_shared_data, read_problems
 from trait.config import field
+from trait.native import WORD, char_classes, fmix64, next_char, utf8, xxh3_64
 
-HASH_VERSION = "blake2b8-words-poly-fmix64-v1"
+HASH_VERSION = "xxh3-words-poly-fmix64-v2"
 _WORD = re.compile(r"\w+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplication by it is a bijection mod 2^64
 PREFILTER_BITS = 24
@@ -88,66 +90,97 @@ class DecontamConfig:
         return out
 
 
-_MAX_WORD_HASHES = 1 << 18  # words whose hash a worker keeps: emptied when full (32 MB then, words included)
-_word_ids: dict[str, int] = {}  # word -> row of _word_table
-_word_table = np.zeros(_MAX_WORD_HASHES, dtype=np.uint64)
-
-
-def word_hash(word: str) -> int:
-    """blake2b of the word's UTF-8 bytes, 8 bytes little-endian, as an unsigned int."""
-    return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-
-
-def word_hashes(ws: list[str]) -> np.ndarray:
-    """``word_hash`` of each of ``ws`` (uint64), each distinct word hashed once per worker: its row in a table of
-    hashes is a dict lookup per word (``map(dict.get)``, in C), and blake2b runs only for words not seen before."""
-    ids = np.fromiter(map(_word_ids.get, ws, itertools.repeat(-1)), dtype=np.int64, count=len(ws))
-    missing = np.flatnonzero(ids < 0)
-    if len(missing):
-        new = list(dict.fromkeys(ws[i] for i in missing.tolist()))  # distinct, in order
-        if len(_word_ids) + len(new) > _MAX_WORD_HASHES:
-            _word_ids.clear()
-            if len(new) > _MAX_WORD_HASHES:  # one batch with more distinct words than the table holds
-                return np.fromiter(map(word_hash, ws), dtype=np.uint64, count=len(ws))
-            return word_hashes(ws)
-        first = len(_word_ids)
-        _word_table[first:first + len(new)] = [word_hash(w) for w in new]
-        _word_ids.update(zip(new, range(first, first + len(new))))
-        ids[missing] = [_word_ids[ws[i]] for i in missing.tolist()]
-    return _word_table[ids]
-
-
 def words(text: str) -> list[str]:
-    """The normalisation shared by benchmarks and documents: lower-case, then runs of word characters."""
+    """The normalisation shared by benchmarks and documents: lower-case, then runs of word characters. The kernels
+    below find the same words (``trait.native.char_classes`` is this regex's ``\\w``); this is what a first shared
+    n-gram is shown as."""
     return _WORD.findall(text.lower())
 
 
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """murmur3's 64-bit finaliser, in place on ``x`` (returned)."""
-    x ^= x >> np.uint64(33)
-    x *= np.uint64(0xFF51AFD7ED558CCD)
-    x ^= x >> np.uint64(33)
-    x *= np.uint64(0xC4CEB9FE1A85EC53)
-    x ^= x >> np.uint64(33)
-    return x
+@njit(inline="always")
+def _doc_word_hashes(buf, start, stop, classes, out):
+    """xxh3-64 of each word of ``buf[start:stop]`` (UTF-8) into ``out``, in order; returns how many."""
+    count, word_start, i = 0, -1, start
+    while i < stop:
+        code, after = next_char(buf, i)
+        if classes[code] & WORD:
+            if word_start < 0:
+                word_start = i
+        elif word_start >= 0:
+            out[count] = xxh3_64(buf, word_start, i)
+            count += 1
+            word_start = -1
+        i = after
+    if word_start >= 0:
+        out[count] = xxh3_64(buf, word_start, stop)
+        count += 1
+    return count
 
 
-def rolling_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
-    """uint64 hash of every window of ``n`` consecutive entries: shape (len - n + 1,), or (0,) when shorter."""
-    count = len(word_hashes) - n + 1
-    if count <= 0:
-        return np.zeros(0, dtype=np.uint64)
-    acc = np.zeros(count, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(n):  # in place: one pass per word of the window, no temporaries
-            acc *= _MULT
-            acc += word_hashes[j:j + count]
-        return _fmix64(acc)
+@njit(inline="always")
+def _window_hashes(word_hashes, count, n, out):
+    """The hash of every window of ``n`` consecutive words into ``out``; returns how many (0 when fewer words)."""
+    windows = count - n + 1
+    for w in range(max(windows, 0)):
+        acc = np.uint64(0)
+        for j in range(n):
+            acc = acc * _MULT + word_hashes[w + j]
+        out[w] = fmix64(acc)
+    return max(windows, 0)
 
 
-def ngram_hashes(text: str, n: int) -> np.ndarray:
-    """Hashes of the text's word n-grams, in order (duplicates kept)."""
-    return rolling_hashes(word_hashes(words(text)), n)
+@njit(cache=True)
+def _ngram_hashes_many(buf, offsets, classes, n):
+    """(hashes of every text's n-grams back to back, n-grams per text) for texts encoded by ``utf8``."""
+    docs = len(offsets) - 1
+    per_doc = np.zeros(docs, dtype=np.int64)
+    longest = 0
+    for d in range(docs):
+        longest = max(longest, offsets[d + 1] - offsets[d])
+    scratch = np.empty(longest // 2 + 1, dtype=np.uint64)  # a word and the character after it take >= 2 bytes
+    hashes = np.empty(len(buf) // 2 + docs + 1, dtype=np.uint64)
+    total = 0
+    for d in range(docs):
+        count = _doc_word_hashes(buf, offsets[d], offsets[d + 1], classes, scratch)
+        per_doc[d] = _window_hashes(scratch, count, n, hashes[total:])
+        total += per_doc[d]
+    return hashes[:total].copy(), per_doc
+
+
+@njit(cache=True)
+def _match(buf, offsets, classes, n, prefilter, keys):
+    """Every n-gram of the texts that is in ``keys``: (text, window = its first word's position, row of keys),
+    in text and window order. A window whose prefilter bit (its hash's top PREFILTER_BITS bits) is clear is not
+    looked up."""
+    docs = len(offsets) - 1
+    longest = 0
+    for d in range(docs):
+        longest = max(longest, offsets[d + 1] - offsets[d])
+    words = np.empty(longest // 2 + 1, dtype=np.uint64)
+    windows = np.empty(longest // 2 + 1, dtype=np.uint64)
+    hits = np.empty((3, 64), dtype=np.int64)
+    found = 0
+    shift = np.uint64(64 - PREFILTER_BITS)
+    for d in range(docs):
+        count = _window_hashes(words, _doc_word_hashes(buf, offsets[d], offsets[d + 1], classes, words), n, windows)
+        for w in range(count):
+            top = windows[w] >> shift
+            if not (prefilter[top >> np.uint64(3)] >> (top & np.uint64(7))) & 1:
+                continue
+            pos = np.searchsorted(keys, windows[w])
+            if pos < len(keys) and keys[pos] == windows[w]:
+                if found == hits.shape[1]:
+                    grown = np.empty((3, 2 * found), dtype=np.int64)
+                    grown[:, :found] = hits
+                    hits = grown
+                hits[0, found], hits[1, found], hits[2, found] = d, w, pos
+                found += 1
+    return hits[:, :found].copy()
+
+
+def ngram_hashes(texts: list[str], n: int) -> np.ndarray:
+    """Hashes of the word n-grams of each text, in order (duplicates kept), the texts' back to back."""
+    return _ngram_hashes_many(*utf8([t.lower() for t in texts]), char_classes(), n)[0]
 
 
 @dataclass(frozen=True)
@@ -177,8 +210,7 @@ class NgramIndex:
         dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if np.iinfo(t).bits >= len(names))
         keys, masks = [], []
         for bit, name in enumerate(names):
-            hashes = [ngram_hashes(t, n) for t in texts_by_name[name]]
-            unique = np.unique(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64)
+            unique = np.unique(ngram_hashes(texts_by_name[name], n))
             keys.append(unique)
             masks.append(np.full(len(unique), 1 << bit, dtype=dtype))
         all_keys, all_masks = np.concatenate(keys), np.concatenate(masks)
@@ -199,34 +231,18 @@ class NgramIndex:
                 for bit, name in enumerate(self.names)}
 
     def match_many(self, texts: list[str]) -> list[Match]:
-        """One Match per text. All n-grams of the batch are hashed together in numpy; the prefilter bitmap rules
-        out most of them, and the rest are looked up by binary search in the sorted keys."""
-        n = self.n
-        per_doc = [words(t) for t in texts]
-        lengths = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
-        hashes = rolling_hashes(word_hashes(list(itertools.chain.from_iterable(per_doc))), n)
-        top = hashes >> np.uint64(64 - PREFILTER_BITS)
-        maybe = np.flatnonzero((self._prefilter[top >> np.uint64(3)] >> (top & np.uint64(7)).astype(np.uint8)) & 1)
+        """One Match per text: one compiled pass over the batch's bytes (``_match``) finds the n-grams in the index;
+        only the texts with a hit are split into words again, to show their first shared n-gram."""
+        hits = _match(*utf8([t.lower() for t in texts]), char_classes(), self.n, self._prefilter, self.keys)
         out = [Match((), None, 0)] * len(texts)
-        if not len(maybe):
+        if not hits.shape[1]:
             return out
-        ends = np.cumsum(lengths)
-        doc_of = np.searchsorted(ends, maybe, side="right")  # the document each window starts in
-        # A window is a document n-gram only when it ends inside the document it starts in.
-        maybe = maybe[maybe + n <= ends[doc_of]]
-        pos = np.minimum(np.searchsorted(self.keys, hashes[maybe]), len(self.keys) - 1)
-        found = self.keys[pos] == hashes[maybe]
-        hits, pos = maybe[found], pos[found]
-        if not len(hits):
-            return out
-        doc_of = np.searchsorted(ends, hits, side="right")
-        docs, first = np.unique(doc_of, return_index=True)
-        masks = np.bitwise_or.reduceat(self.masks[pos], first)
-        counts = np.diff(np.r_[first, len(hits)])
-        for doc, start, mask, count in zip(docs, hits[first], masks, counts):
-            names = tuple(name for bit, name in enumerate(self.names) if int(mask) >> bit & 1)
-            at = start - (ends[doc] - lengths[doc])
-            out[doc] = Match(names, " ".join(per_doc[doc][at:at + n]), int(count))
+        docs, first = np.unique(hits[0], return_index=True)
+        masks = np.bitwise_or.reduceat(self.masks[hits[2]], first)
+        counts = np.diff(np.r_[first, hits.shape[1]])
+        for doc, at, mask, count in zip(docs.tolist(), hits[1, first].tolist(), masks.tolist(), counts.tolist()):
+            names = tuple(name for bit, name in enumerate(self.names) if mask >> bit & 1)
+            out[doc] = Match(names, " ".join(words(texts[doc])[at:at + self.n]), count)
         return out
 
     def matches(self, text: str) -> set[str]:

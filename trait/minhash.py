@@ -2,7 +2,9 @@
 
 One implementation for the Spark ``dedup`` job (which runs these functions on its executors) and for the
 synthetic-passage generator (which calls ``find_duplicates`` on a few thousand passages in memory). Imports only
-the standard library, numpy and xxhash, so ``synth/`` can use it without pyspark.
+the standard library, numpy, numba and xxhash, so ``synth/`` can use it without pyspark. Tokenising, shingling
+and the permutations run in compiled kernels (``trait.native``) over a batch's UTF-8 bytes; ``tokens`` and
+``normalise`` are the Python definitions they are tested against.
 
 - Normalisation (``normaliser``), two to choose from:
   ``dedup-v1`` (the default): NFKC, lower case, tokens are runs of word characters or single punctuation marks,
@@ -17,7 +19,7 @@ the standard library, numpy and xxhash, so ``synth/`` can use it without pyspark
   never Python's salted ``hash()``.
 - Signatures: ``num_perm = bands * rows`` values ``min over shingles of (a_i * x + b_i) mod (2^61 - 1)``, with
   ``x`` the shingle hash reduced mod 2^61 - 1, ``a_i`` in [1, 2^32) and ``b_i`` in [0, 2^61 - 1) drawn from
-  xxh3-64 of the seed and ``i``. ``a_i < 2^32`` lets numpy do the 93-bit product exactly in uint64 halves.
+  xxh3-64 of the seed and ``i``. ``a_i < 2^32`` lets the 93-bit product be done exactly in uint64 halves.
 - LSH: band ``j`` of a signature keys on xxh3-64 of its ``rows`` values (little-endian bytes), as int64.
 """
 
@@ -30,9 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import xxhash
+from numba import njit
 
 from trait import UserError
 from trait.config import ConfigError, field
+from trait.native import SPACE, WORD, char_classes, next_char, utf8, xxh3_64
 from trait.simplify import simplify_text
 
 MERSENNE_61 = (1 << 61) - 1
@@ -40,7 +44,6 @@ MERSENNE_61 = (1 << 61) - 1
 _P = np.uint64(MERSENNE_61)
 _LOW32, _LOW29 = np.uint64(0xFFFFFFFF), np.uint64((1 << 29) - 1)
 _S29, _S32, _S61 = np.uint64(29), np.uint64(32), np.uint64(61)
-_CHUNK = 512  # shingles per numpy block: 512 x 128 perms x 8 B = 512 KiB per temporary, inside L2 (measured best)
 _TOKENS = re.compile(r"\w+|[^\w\s]")
 
 
@@ -126,23 +129,6 @@ def _exact_key(text: str, encoded: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(encoded or text.encode("utf-8", "surrogatepass"))
 
 
-def shingle_hashes(toks: list[str], shingle_size: int) -> np.ndarray:
-    """uint64 hashes of the word n-grams of ``toks`` (one shingle when there are fewer tokens; none for none)."""
-    return _shingle_hashes([t.encode("utf-8", "surrogatepass") for t in toks], shingle_size)
-
-
-def _shingle_hashes(toks: list[bytes], shingle_size: int) -> np.ndarray:
-    """``shingle_hashes`` of tokens given as UTF-8 bytes: each shingle is ``b" ".join`` of ``shingle_size``
-    consecutive tokens, made by ``zip`` over shifted lists and hashed through ``map``, all in C."""
-    if not toks:
-        return np.empty(0, dtype=np.uint64)
-    h = xxhash.xxh3_64_intdigest
-    if len(toks) <= shingle_size:
-        return np.array([h(b" ".join(toks))], dtype=np.uint64)
-    shingles = map(b" ".join, zip(*(toks[k:] for k in range(shingle_size))))
-    return np.fromiter(map(h, shingles), dtype=np.uint64, count=len(toks) - shingle_size + 1)
-
-
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(a, b): uint64 arrays of length ``num_perm``; a in [1, 2^32), b in [0, 2^61 - 1), stable for a seed."""
     h = xxhash.xxh3_64_intdigest
@@ -151,54 +137,97 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(a, dtype=np.uint64), np.array(b, dtype=np.uint64)
 
 
-def _permuted(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(x), num_perm) values (a * x + b) mod (2^61 - 1), exact, for x < 2^61 - 1 and a < 2^32.
+@njit(inline="always")
+def permuted(x, a, b):
+    """(a * x + b) mod (2^61 - 1), exact, for x < 2^61 - 1 and a < 2^32 (uint64 in and out).
 
     a * x = a * x1 * 2^32 + a * x0 with x1 = x >> 32 (< 2^29) and x0 < 2^32, so each product fits in 64 bits;
     2^61 = 1 (mod p) folds the high bits: v * 2^32 = (v >> 29) + ((v & (2^29 - 1)) << 32) and u = (u & p) + (u >> 61).
     """
-    x1, x0 = (x >> _S32)[:, None], (x & _LOW32)[:, None]
-    v = x1 * a
-    total = v >> _S29
-    v &= _LOW29
-    v <<= _S32
-    total += v  # < 2^61 + 2^32
-    u = x0 * a
-    total += u >> _S61
-    u &= _P
-    total += u
-    total += b  # < 3 * 2^61 + 2^32 + 8: no overflow
+    v = (x >> _S32) * a
+    u = (x & _LOW32) * a
+    total = (v >> _S29) + ((v & _LOW29) << _S32) + (u >> _S61) + (u & _P) + b  # < 3 * 2^61 + 2^32 + 8: no overflow
     folded = (total & _P) + (total >> _S61)  # < 2^61 + 4
-    return np.minimum(folded, folded - _P)  # canonical in [0, p): folded - p wraps around when folded < p
+    return min(folded, folded - _P)  # canonical in [0, p): folded - p wraps around when folded < p
+
+
+@njit(cache=True)
+def _v1_normalised(buf, offsets, classes):
+    """``dedup-v1``'s normalised texts from their NFKC'd, lower-cased UTF-8 (``trait.native.utf8``): the tokens
+    (runs of word characters, or one character that is neither a word character nor white space) joined by single
+    spaces; (bytes, offsets) in ``utf8``'s layout."""
+    out = np.empty(2 * len(buf), dtype=np.uint8)  # each character's bytes, at most one space before it
+    out_offsets = np.zeros(len(offsets), dtype=np.int64)
+    o = 0
+    for d in range(len(offsets) - 1):
+        first, in_word, i = o, False, offsets[d]
+        while i < offsets[d + 1]:
+            code, after = next_char(buf, i)
+            kind = classes[code]
+            if kind & SPACE:
+                in_word = False
+            else:
+                if o > first and not (in_word and kind & WORD):  # a new token: a space after the one before
+                    out[o] = 32
+                    o += 1
+                in_word = bool(kind & WORD)
+                out[o:o + after - i] = buf[i:after]
+                o += after - i
+            i = after
+        out_offsets[d + 1] = o
+    return out[:o].copy(), out_offsets
+
+
+@njit(cache=True)
+def _signatures(norm, offsets, shingle_size, a, b):
+    """(MinHash signatures (texts, len(a)) uint64, shingles per text) of normalised texts (tokens joined by single
+    spaces, in ``utf8``'s layout). A shingle is ``shingle_size`` consecutive tokens with their spaces, a contiguous
+    run of the bytes, hashed with xxh3-64 and reduced mod 2^61 - 1; a text with fewer tokens is one shingle."""
+    docs, perms = len(offsets) - 1, len(a)
+    sigs = np.full((docs, perms), np.iinfo(np.uint64).max, dtype=np.uint64)
+    shingles = np.zeros(docs, dtype=np.int64)
+    longest = 0
+    for d in range(docs):
+        longest = max(longest, offsets[d + 1] - offsets[d])
+    starts = np.empty(longest // 2 + 2, dtype=np.int64)  # a token and the space after it take >= 2 bytes
+    ends = np.empty(longest // 2 + 2, dtype=np.int64)
+    for d in range(docs):
+        if offsets[d] == offsets[d + 1]:
+            continue
+        tokens, starts[0] = 0, offsets[d]
+        for i in range(offsets[d], offsets[d + 1]):
+            if norm[i] == 32:
+                ends[tokens] = i
+                tokens += 1
+                starts[tokens] = i + 1
+        ends[tokens] = offsets[d + 1]
+        tokens += 1
+        count = max(tokens - shingle_size + 1, 1)
+        sig = sigs[d]
+        for j in range(count):
+            x = xxh3_64(norm, starts[j], ends[min(j + shingle_size, tokens) - 1])
+            x = (x & _P) + (x >> _S61)  # x mod p for x < 2^64: fold the bits above 61 down (2^61 = 1 mod p) ...
+            x = min(x, x - _P)  # ... then make it canonical
+            for i in range(perms):
+                sig[i] = min(sig[i], permuted(x, a[i], b[i]))
+        shingles[d] = count
+    return sigs, shingles
 
 
 def signatures(texts: list[str], config: DedupConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """MinHash signatures of ``texts``: (uint64 array (n, num_perm), bool array (n,) True where the text has any
-    token (rows without are all ones), exact keys). Shingles of all texts go through numpy in blocks of _CHUNK."""
-    a, b = permutations(config.permutations, config.seed)
-    tokenise = NORMALISERS[config.normaliser]
-    hashes, counts, keys = [], np.zeros(len(texts), dtype=np.int64), []
-    for i, text in enumerate(texts):
-        toks = tokenise(text)
-        encoded = " ".join(toks).encode("utf-8", "surrogatepass")
-        keys.append(_exact_key(text, encoded))
-        # Tokens hold no space (both normalisers split on white space), so splitting the joined bytes on spaces
-        # gives each token's UTF-8 bytes in one call.
-        h = _shingle_hashes(encoded.split(b" ") if toks else [], config.shingle_size)
-        hashes.append(h)
-        counts[i] = len(h)
-    sigs = np.full((len(texts), config.permutations), np.iinfo(np.uint64).max, dtype=np.uint64)
-    x = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
-    x = (x & _P) + (x >> _S61)  # x mod p for x < 2^64: fold the bits above 61 down (2^61 = 1 mod p) ...
-    x = np.minimum(x, x - _P)  # ... then make it canonical
-    owner = np.repeat(np.arange(len(texts)), counts)  # the text each shingle belongs to, ascending
-    for start in range(0, len(x), _CHUNK):
-        block, rows = _permuted(x[start:start + _CHUNK], a, b), owner[start:start + _CHUNK]
-        firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-        docs = rows[firsts]  # distinct within a block
-        mins = block.min(axis=0, keepdims=True) if len(firsts) == 1 else np.minimum.reduceat(block, firsts, axis=0)
-        sigs[docs] = np.minimum(sigs[docs], mins)
-    return sigs, counts > 0, keys
+    token (rows without are all ones), exact keys). ``dedup-v1`` normalises in a compiled kernel after NFKC and
+    lower-casing in Python; ``datatrove`` in Python (``simplify_text``); the shingles and signatures of both are
+    one compiled pass over the normalised bytes."""
+    if config.normaliser == "dedup-v1":
+        prepared = [(t if t.isascii() else unicodedata.normalize("NFKC", t)).lower() for t in texts]
+        norm, offsets = _v1_normalised(*utf8(prepared), char_classes())
+    else:
+        norm, offsets = utf8([" ".join(NORMALISERS[config.normaliser](t)) for t in texts])
+    raw, bounds = norm.tobytes(), offsets.tolist()
+    keys = [_exact_key(text, raw[bounds[i]:bounds[i + 1]]) for i, text in enumerate(texts)]
+    sigs, shingles = _signatures(norm, offsets, config.shingle_size, *permutations(config.permutations, config.seed))
+    return sigs, shingles > 0, keys
 
 
 def band_keys(sigs: np.ndarray, config: DedupConfig) -> np.ndarray:

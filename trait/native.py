@@ -1,0 +1,92 @@
+"""Compiled text kernels (numba) shared by the selection stages that dominate at scale: decontamination, dedup
+signatures and DSIR features.
+
+Those stages split a text into tokens and hash them. In Python that is one string object and one dict or regex
+step per token; here a kernel walks the text's UTF-8 bytes once. Character classes come from the very regex
+engine the Python reference uses (``char_classes``): a table over every code point, built by running that engine's
+``\\w`` and ``\\s`` over all of them, so a kernel's tokens are the reference's by construction, whatever Unicode
+version the engine has. Texts are encoded with ``surrogatepass``: a lone surrogate is a three-byte sequence the
+kernels decode like any other character.
+
+Kernels are compiled on first use and cached beside this file (numba ``cache=True``), so a worker pays the
+compilation once per machine, not once per task.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+import xxhash._xxhash
+from llvmlite import binding as llvm
+from numba import njit, types
+
+WORD, SPACE = np.uint8(1), np.uint8(2)  # bits of char_classes
+_CODE_POINTS = 0x110000
+
+
+@functools.cache
+def char_classes(engine: str = "re") -> np.ndarray:
+    """uint8 per code point: WORD where the engine's ``\\w`` matches it, SPACE where its ``\\s`` does. ``engine``:
+    ``"re"`` (the standard library) or ``"regex"`` (the ``regex`` package, whose ``\\w`` differs on characters
+    such as superscript digits). Built once per process (~0.3 s)."""
+    if engine == "re":
+        import re as module
+    elif engine == "regex":
+        import regex as module
+    else:
+        raise ValueError(f"engine must be 're' or 'regex', got {engine!r}")
+    everything = "".join(map(chr, range(_CODE_POINTS)))
+    table = np.zeros(_CODE_POINTS, dtype=np.uint8)
+    for bit, pattern in ((WORD, r"\w"), (SPACE, r"\s")):
+        hits = np.fromiter((m.start() for m in module.finditer(pattern, everything)), dtype=np.int64)
+        table[hits] |= bit
+    return table
+
+
+def utf8(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The texts' UTF-8 bytes (``surrogatepass``) back to back as one uint8 array, and the offsets where each
+    starts, with the end as a last entry (int64, len(texts) + 1)."""
+    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+@njit(inline="always")
+def next_char(buf, i):
+    """(code point, index of the next character) of the UTF-8 character starting at ``buf[i]``."""
+    b = np.int64(buf[i])
+    if b < 0x80:
+        return b, i + 1
+    if b < 0xE0:
+        return ((b & 0x1F) << 6) | (np.int64(buf[i + 1]) & 0x3F), i + 2
+    if b < 0xF0:
+        return ((b & 0x0F) << 12) | ((np.int64(buf[i + 1]) & 0x3F) << 6) | (np.int64(buf[i + 2]) & 0x3F), i + 3
+    return (((b & 0x07) << 18) | ((np.int64(buf[i + 1]) & 0x3F) << 12) | ((np.int64(buf[i + 2]) & 0x3F) << 6)
+            | (np.int64(buf[i + 3]) & 0x3F)), i + 4
+
+
+@njit(inline="always")
+def fmix64(x):
+    """murmur3's 64-bit finaliser (uint64 in, uint64 out)."""
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xFF51AFD7ED558CCD)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xC4CEB9FE1A85EC53)
+    x ^= x >> np.uint64(33)
+    return x
+
+
+# xxh3-64 (seed 0) from the C library the ``xxhash`` package is built with, callable from a kernel: the very function
+# ``xxhash.xxh3_64_intdigest`` runs, so a kernel's hashes are the package's. Declared by symbol name (registered with
+# LLVM here, at import), not as a ctypes pointer, so kernels that call it can still be cached.
+llvm.add_symbol("XXH3_64bits", ctypes.cast(ctypes.CDLL(xxhash._xxhash.__file__).XXH3_64bits, ctypes.c_void_p).value)
+_XXH3_64 = types.ExternalFunction("XXH3_64bits", types.uint64(types.voidptr, types.uintp))
+
+
+@njit(inline="always")
+def xxh3_64(buf, start, stop):
+    """xxh3-64 (seed 0) of ``buf[start:stop]`` (a contiguous uint8 array)."""
+    return _XXH3_64(buf[start:].ctypes, stop - start)
