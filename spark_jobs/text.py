@@ -79,50 +79,67 @@ def _plain(text: str) -> str:
     return text
 
 
-# ``normalise_many`` runs normalise's steps as whole-batch passes in native code: Arrow's lower-casing (utf8proc),
-# then polars (Rust: the regex crate, one Aho-Corasick pass for all the characters ``_plain`` maps). A row is
-# normalised by ``normalise`` instead when it holds
-# - a sentinel, \x01 or \x02 (they mark command names between the regex and the Aho-Corasick pass),
-# - a backslash before a non-ASCII character (a one-character command is kept when ``str.isalpha``),
-# - a character that Arrow lower-cases unlike Python 3.11 (Unicode 14): "Σ" (final sigma), "İ" (two characters
-#   in Python), and letters newer than Unicode 14; tests/test_text_native.py checks every code point.
-_FALLBACK = (r"[\x01\x02Σİ\x{1c89}\x{a7cb}-\x{a7e2}\x{ab6c}\x{ab6d}\x{10d50}-\x{10d65}\x{16ea0}-\x{16eb8}"
-             r"\x{1df40}-\x{1df7e}]|\\[^\x00-\x7f]")
-# Python's white space (str.split and re's \s): the regex crate's \s lacks \x1c-\x1f.
-_WHITE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
-          "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
-_SPACE = "".join(f"\\x{{{ord(c):x}}}" for c in _WHITE)
-_NATIVE_FRACTION = rf"\\[dt]?frac[{_SPACE}]*\{{([^{{}}]*)\}}[{_SPACE}]*\{{([^{{}}]*)\}}"  # _FRACTION
-_NATIVE_COMMAND = r"\\(?:([a-z]+)|(%)|(?s:.))"  # _COMMAND: a name is marked, "%" kept, any other character dropped
+# ``normalise_many`` runs normalise's steps over a whole Arrow batch in one compiled pass (numba, trait/native.py:
+# ``translate_collapse``) over its UTF-8 bytes: each character becomes ``_plain`` of its lower case, white space is
+# collapsed as ``" ".join(s.split())`` does. Character by character is exact because ``_plain`` maps characters one
+# at a time and Python lower-cases them one at a time, with one exception: "Σ" (final sigma depends on the next
+# character). The pass marks two kinds of rows, which Python finishes:
+# - RISKY: a "Σ"; the row is normalised by ``normalise``;
+# - COMMAND: a backslash; the row is lower-cased and goes through normalise's own command regexes, then the same pass.
+RISKY, COMMAND = 1, 2
 
 
 @functools.cache
-def _native_table() -> tuple[list[str], list[str]]:
-    """Aho-Corasick patterns and replacements: each marked command name, each character ``_plain`` changes and each
-    white space character, with what ``normalise`` makes of it (up to runs of spaces); the lone sentinels go last
-    (leftmost: of the patterns matching at one place, the first listed wins)."""
-    pairs = {f"\x01{name}\x02": _plain(f" {value} ") for name, value in _COMMANDS.items() if name.isalpha()}
-    pairs |= {c: _plain(c) for c in [*_SYMBOLS, *_MARKUP, *_SPACED]}
-    pairs |= {c: " " for c in _WHITE if c != " "}
-    pairs |= {"\x01": "", "\x02": ""}
-    return list(pairs), list(pairs.values())
+def _native_tables():
+    """``translate_collapse``'s tables: per code point up to the last one changed, -1 or the row of what it becomes
+    (``_plain`` of its lower case; white space, as ``str.split`` has it, one space); those replacements' UTF-8 bytes
+    back to back; their offsets; and per code point, the RISKY and COMMAND marks. Built once per process (~0.3 s)."""
+    import numpy as np
+
+    # Only these can change: a character whose lower case differs, white space, and what _plain maps.
+    candidates = {*(c for c in map(chr, range(0x110000)) if c.lower() != c or c.isspace()), *_SYMBOLS, *_MARKUP,
+                  *_SPACED}
+    plain = {c: " " if c.isspace() else _plain(c.lower()) for c in candidates}
+    changed = sorted(c for c in candidates if plain[c] != c or c.isspace())  # " " too: it may collapse
+    rows = np.full(ord(changed[-1]) + 1, -1, dtype=np.int32)
+    rows[[ord(c) for c in changed]] = np.arange(len(changed))
+    replacements = [plain[c].encode() for c in changed]
+    starts = np.zeros(len(replacements) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in replacements], out=starts[1:])
+    marks = np.zeros(0x110000, dtype=np.uint8)
+    marks[ord("Σ")] |= RISKY
+    marks[ord("\\")] |= COMMAND
+    return rows, np.frombuffer(b"".join(replacements), dtype=np.uint8), starts, marks
 
 
 def normalise_many(texts: pa.Array | pa.ChunkedArray) -> list[str]:
-    """``normalise`` of each text of an Arrow string array without nulls: the same strings, ~2.4x as fast (one core,
-    benchmark corpus)."""
-    import polars as pl
-    import pyarrow.compute as pc
+    """``normalise`` of each text of an Arrow string array without nulls: the same strings, in native code."""
+    import numpy as np
+    import pyarrow as pa
 
-    risky = pc.indices_nonzero(pc.match_substring_regex(texts, _FALLBACK)).to_pylist()
-    patterns, replacements = _native_table()
-    out = (pl.Series(pc.utf8_lower(texts)).str.replace_all(_NATIVE_FRACTION, " ${1} / ${2} ")
-           .str.replace_all(_NATIVE_COMMAND, " \x01${1}\x02${2} ")
-           .str.replace_many(patterns, replacements, leftmost=True)
-           .str.replace_all("  +", " ").str.strip_chars(" ").to_list())
-    for i in risky:
-        out[i] = normalise(texts[i].as_py())
-    return out
+    from trait.native import translate_collapse, utf8
+
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    texts = texts.cast(pa.large_string())  # int64 offsets whatever the input's type
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset:texts.offset + len(texts) + 1]
+    data = texts.buffers()[2]  # a slice's buffer is its parent's: only its own bytes go to the pass
+    buf = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
+    offsets = offsets - offsets[0]
+    tables = _native_tables()
+    out, bounds, flags = translate_collapse(buf, offsets, *tables)
+    raw, bounds = out.tobytes(), bounds.tolist()
+    result = [raw[bounds[i]:bounds[i + 1]].decode() for i in range(len(texts))]
+    commands = np.flatnonzero(flags == COMMAND).tolist()  # a backslash, and no "Σ"
+    if commands:
+        subbed = [_COMMAND.sub(_command, _FRACTION.sub(r" \1 / \2 ", texts[i].as_py().lower())) for i in commands]
+        out, bounds, _ = translate_collapse(*utf8(subbed), *tables)
+        raw, bounds = out.tobytes(), bounds.tolist()
+        for k, i in enumerate(commands):
+            result[i] = raw[bounds[k]:bounds[k + 1]].decode()
+    for i in np.flatnonzero(flags & RISKY).tolist():
+        result[i] = normalise(texts[i].as_py())
+    return result
 
 
 _WORDS = re.compile(r"\w+|[^\w\s]")

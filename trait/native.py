@@ -1,5 +1,5 @@
 """Compiled text kernels (numba) shared by the selection stages that dominate at scale: decontamination, dedup
-signatures and DSIR features.
+signatures and DSIR features; and the classifiers' normaliser (``translate_collapse``).
 
 Those stages split a text into tokens and hash them. In Python that is one string object and one dict or regex
 step per token; here a kernel walks the text's UTF-8 bytes once. Character classes come from the very regex
@@ -8,8 +8,10 @@ engine the Python reference uses (``char_classes``): a table over every code poi
 version the engine has. Texts are encoded with ``surrogatepass``: a lone surrogate is a three-byte sequence the
 kernels decode like any other character.
 
-Kernels are compiled on first use and cached beside this file (numba ``cache=True``), so a worker pays the
-compilation once per machine, not once per task.
+Kernels are compiled on first use and cached (numba ``cache=True``: beside their module, or in ``~/.cache/numba``
+when the code runs from a zip), so a worker pays the compilation once per machine, not once per task. numba keys a
+cached kernel on its own module's file only: after changing an inline helper here (``next_char``, ``fmix64``,
+``xxh3_64``), touch the modules whose kernels use it, or their caches keep the old code.
 """
 
 from __future__ import annotations
@@ -90,3 +92,59 @@ _XXH3_64 = types.ExternalFunction("XXH3_64bits", types.uint64(types.voidptr, typ
 def xxh3_64(buf, start, stop):
     """xxh3-64 (seed 0) of ``buf[start:stop]`` (a contiguous uint8 array)."""
     return _XXH3_64(buf[start:].ctypes, stop - start)
+
+
+@njit(cache=True)
+def translate_collapse(buf, offsets, rows, replacements, starts, marks):
+    """Each UTF-8 text ``buf[offsets[d]:offsets[d + 1]]`` with its characters replaced and its white space collapsed:
+    (bytes, offsets from 0, in ``utf8``'s layout; per text, the OR of ``marks`` over its characters). A code point
+    ``c < len(rows)`` with ``rows[c] >= 0`` becomes ``replacements[starts[rows[c]]:starts[rows[c] + 1]]``; every
+    other character is kept. A space (byte 32), in the text or in a replacement, is written only before a later byte
+    that is not one, once, so runs of spaces collapse to one and neither end has one: with white space replaced by a
+    space, that is ``" ".join(translated.split())``. ``marks`` (uint8 per code point, all of them) flags the texts that hold
+    characters a caller must treat apart."""
+    longest = 0
+    for r in range(len(starts) - 1):
+        longest = max(longest, starts[r + 1] - starts[r])
+    out = np.empty(len(buf) * (longest + 1) + 1, dtype=np.uint8)  # a byte in: at most a replacement and a space out
+    out_offsets = np.zeros(len(offsets), dtype=np.int64)
+    flags = np.zeros(len(offsets) - 1, dtype=np.uint8)
+    o = 0
+    for d in range(len(offsets) - 1):
+        first, pending, i, end, flag = o, False, offsets[d], offsets[d + 1], np.uint8(0)
+        while i < end:
+            b = buf[i]
+            if b == 32:
+                pending = o > first
+                i += 1
+                continue
+            if b < 0x80:  # ASCII: one byte, no decoding
+                code, after = np.int64(b), i + 1
+            else:
+                code, after = next_char(buf, i)
+            flag |= marks[code]
+            row = rows[code] if code < len(rows) else -1
+            if row < 0:
+                if pending:
+                    out[o] = 32
+                    o += 1
+                    pending = False
+                while i < after:
+                    out[o] = buf[i]
+                    o += 1
+                    i += 1
+                continue
+            for j in range(starts[row], starts[row + 1]):
+                if replacements[j] == 32:
+                    pending = o > first
+                else:
+                    if pending:
+                        out[o] = 32
+                        o += 1
+                        pending = False
+                    out[o] = replacements[j]
+                    o += 1
+            i = after
+        out_offsets[d + 1] = o
+        flags[d] = flag
+    return out[:o].copy(), out_offsets, flags
