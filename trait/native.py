@@ -101,8 +101,8 @@ def translate_collapse(buf, offsets, rows, replacements, starts, marks):
     ``c < len(rows)`` with ``rows[c] >= 0`` becomes ``replacements[starts[rows[c]]:starts[rows[c] + 1]]``; every
     other character is kept. A space (byte 32), in the text or in a replacement, is written only before a later byte
     that is not one, once, so runs of spaces collapse to one and neither end has one: with white space replaced by a
-    space, that is ``" ".join(translated.split())``. ``marks`` (uint8 per code point, all of them) flags the texts that hold
-    characters a caller must treat apart."""
+    space, that is ``" ".join(translated.split())``. ``marks`` (uint8 per code point, all of them) flags the texts
+    that hold characters a caller must treat apart."""
     longest = 0
     for r in range(len(starts) - 1):
         longest = max(longest, starts[r + 1] - starts[r])
