@@ -44,9 +44,10 @@ STAGES = ("decontaminate", "dedup", "dsir")
 BATCH = 1_000
 CPU = "0"
 GOAL = 3.0  # issue 20: each stage at least 3x its per-core rate before
-# --quick (600 documents, one round; on the loaded machine the ratios swing by +-20%): a regression check that now
-# is not grossly slower than before; measured there: decontaminate 1.46-1.61, dedup 1.07-1.14, DSIR 0.87-1.28.
-QUICK_GOAL = 0.7
+# --quick (600 documents, one round; on the loaded machine the ratios swing by +-20%): a regression check that the
+# compiled kernels still run at several times the old rate; measured 2026-12-06: decontaminate 9.25, dedup 6.28,
+# DSIR 4.24-4.39 (load average up to 4).
+QUICK_GOAL = 2.5
 QUICK_TEXTS = 600  # of the first 1,000 pool documents: 26 s on the loaded machine (all 1,000: 49 s)
 WORK_ENTRIES = ("pool", "pool-*", "before", "quick", "full")
 
