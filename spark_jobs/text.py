@@ -123,8 +123,11 @@ def normalise_many(texts: pa.Array | pa.ChunkedArray) -> list[str]:
         texts = texts.combine_chunks()
     texts = texts.cast(pa.large_string())  # int64 offsets whatever the input's type
     offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset:texts.offset + len(texts) + 1]
-    data = texts.buffers()[2]  # a slice's buffer is its parent's: only its own bytes go to the pass
-    buf = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
+    # A slice's buffer is its parent's: only its own bytes go to the pass. Read-only always (numba types an empty
+    # buffer as writable), so the kernel has one signature and a first empty call loads what every later call runs.
+    data = texts.buffers()[2]
+    buf = np.frombuffer(data if data is not None else b"", dtype=np.uint8)[offsets[0]:offsets[-1]]
+    buf.flags.writeable = False
     offsets = offsets - offsets[0]
     tables = _native_tables()
     out, bounds, flags = translate_collapse(buf, offsets, *tables)
