@@ -112,6 +112,12 @@ def _native_tables():
     return rows, np.frombuffer(b"".join(replacements), dtype=np.uint8), starts, marks
 
 
+def _decoded(out, bounds) -> list[str]:
+    """The texts of a compiled pass's output: UTF-8 bytes ``out`` cut at ``bounds``."""
+    raw, bounds = out.tobytes(), bounds.tolist()
+    return [raw[bounds[i]:bounds[i + 1]].decode() for i in range(len(bounds) - 1)]
+
+
 def normalise_many(texts: pa.Array | pa.ChunkedArray) -> list[str]:
     """``normalise`` of each text of an Arrow string array without nulls: the same strings, in native code."""
     import numpy as np
@@ -131,15 +137,12 @@ def normalise_many(texts: pa.Array | pa.ChunkedArray) -> list[str]:
     offsets = offsets - offsets[0]
     tables = _native_tables()
     out, bounds, flags = translate_collapse(buf, offsets, *tables)
-    raw, bounds = out.tobytes(), bounds.tolist()
-    result = [raw[bounds[i]:bounds[i + 1]].decode() for i in range(len(texts))]
+    result = _decoded(out, bounds)
     commands = np.flatnonzero(flags == COMMAND).tolist()  # a backslash, and no "Σ"
     if commands:
         subbed = [_COMMAND.sub(_command, _FRACTION.sub(r" \1 / \2 ", texts[i].as_py().lower())) for i in commands]
-        out, bounds, _ = translate_collapse(*utf8(subbed), *tables)
-        raw, bounds = out.tobytes(), bounds.tolist()
-        for k, i in enumerate(commands):
-            result[i] = raw[bounds[k]:bounds[k + 1]].decode()
+        for i, text in zip(commands, _decoded(*translate_collapse(*utf8(subbed), *tables)[:2])):
+            result[i] = text
     for i in np.flatnonzero(flags & RISKY).tolist():
         result[i] = normalise(texts[i].as_py())
     return result

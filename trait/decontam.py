@@ -26,7 +26,7 @@ from numba import njit
 
 from trait.benchmarks import BENCHMARKS, BenchmarkError, BenchmarkFile, default_shared_data, read_problems
 from trait.config import field
-from trait.native import WORD, char_classes, fmix64, next_char, utf8, xxh3_64
+from trait.native import WORD, char_classes, fmix64, next_char, utf8, widest, xxh3_64
 
 HASH_VERSION = "xxh3-words-poly-fmix64-v2"
 _WORD = re.compile(r"\w+")
@@ -131,20 +131,15 @@ def _window_hashes(word_hashes, count, n, out):
 
 @njit(cache=True)
 def _ngram_hashes_many(buf, offsets, classes, n):
-    """(hashes of every text's n-grams back to back, n-grams per text) for texts encoded by ``utf8``."""
+    """Hashes of every text's n-grams, back to back, for texts encoded by ``utf8``."""
     docs = len(offsets) - 1
-    per_doc = np.zeros(docs, dtype=np.int64)
-    longest = 0
-    for d in range(docs):
-        longest = max(longest, offsets[d + 1] - offsets[d])
-    scratch = np.empty(longest // 2 + 1, dtype=np.uint64)  # a word and the character after it take >= 2 bytes
+    scratch = np.empty(widest(offsets) // 2 + 1, dtype=np.uint64)  # a word and the character after it take >= 2 bytes
     hashes = np.empty(len(buf) // 2 + docs + 1, dtype=np.uint64)
     total = 0
     for d in range(docs):
         count = _doc_word_hashes(buf, offsets[d], offsets[d + 1], classes, scratch)
-        per_doc[d] = _window_hashes(scratch, count, n, hashes[total:])
-        total += per_doc[d]
-    return hashes[:total].copy(), per_doc
+        total += _window_hashes(scratch, count, n, hashes[total:])
+    return hashes[:total].copy()
 
 
 @njit(cache=True)
@@ -153,11 +148,8 @@ def _match(buf, offsets, classes, n, prefilter, keys):
     in text and window order. A window whose prefilter bit (its hash's top PREFILTER_BITS bits) is clear is not
     looked up."""
     docs = len(offsets) - 1
-    longest = 0
-    for d in range(docs):
-        longest = max(longest, offsets[d + 1] - offsets[d])
-    words = np.empty(longest // 2 + 1, dtype=np.uint64)
-    windows = np.empty(longest // 2 + 1, dtype=np.uint64)
+    words = np.empty(widest(offsets) // 2 + 1, dtype=np.uint64)
+    windows = np.empty_like(words)
     hits = np.empty((3, 64), dtype=np.int64)
     found = 0
     shift = np.uint64(64 - PREFILTER_BITS)
@@ -180,7 +172,7 @@ def _match(buf, offsets, classes, n, prefilter, keys):
 
 def ngram_hashes(texts: list[str], n: int) -> np.ndarray:
     """Hashes of the word n-grams of each text, in order (duplicates kept), the texts' back to back."""
-    return _ngram_hashes_many(*utf8([t.lower() for t in texts]), char_classes(), n)[0]
+    return _ngram_hashes_many(*utf8([t.lower() for t in texts]), char_classes(), n)
 
 
 @dataclass(frozen=True)

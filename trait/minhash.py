@@ -36,7 +36,7 @@ from numba import njit
 
 from trait import UserError
 from trait.config import ConfigError, field
-from trait.native import SPACE, WORD, char_classes, next_char, utf8, xxh3_64
+from trait.native import SPACE, WORD, char_classes, next_char, utf8, widest, xxh3_64
 from trait.simplify import simplify_text
 
 MERSENNE_61 = (1 << 61) - 1
@@ -186,11 +186,8 @@ def _signatures(norm, offsets, shingle_size, a, b):
     docs, perms = len(offsets) - 1, len(a)
     sigs = np.full((docs, perms), np.iinfo(np.uint64).max, dtype=np.uint64)
     shingles = np.zeros(docs, dtype=np.int64)
-    longest = 0
-    for d in range(docs):
-        longest = max(longest, offsets[d + 1] - offsets[d])
-    starts = np.empty(longest // 2 + 2, dtype=np.int64)  # a token and the space after it take >= 2 bytes
-    ends = np.empty(longest // 2 + 2, dtype=np.int64)
+    starts = np.empty(widest(offsets) // 2 + 2, dtype=np.int64)  # a token and the space after it take >= 2 bytes
+    ends = np.empty_like(starts)
     for d in range(docs):
         if offsets[d] == offsets[d + 1]:
             continue

@@ -94,6 +94,16 @@ def xxh3_64(buf, start, stop):
     return _XXH3_64(buf[start:].ctypes, stop - start)
 
 
+@njit(inline="always")
+def widest(offsets):
+    """The largest ``offsets[k + 1] - offsets[k]`` (0 for fewer than two offsets): the longest text of a batch in
+    ``utf8``'s layout, which sizes a kernel's per-text scratch."""
+    largest = 0
+    for k in range(len(offsets) - 1):
+        largest = max(largest, offsets[k + 1] - offsets[k])
+    return largest
+
+
 @njit(cache=True)
 def translate_collapse(buf, offsets, rows, replacements, starts, marks):
     """Each UTF-8 text ``buf[offsets[d]:offsets[d + 1]]`` with its characters replaced and its white space collapsed:
@@ -103,9 +113,7 @@ def translate_collapse(buf, offsets, rows, replacements, starts, marks):
     that is not one, once, so runs of spaces collapse to one and neither end has one: with white space replaced by a
     space, that is ``" ".join(translated.split())``. ``marks`` (uint8 per code point, all of them) flags the texts
     that hold characters a caller must treat apart."""
-    longest = 0
-    for r in range(len(starts) - 1):
-        longest = max(longest, starts[r + 1] - starts[r])
+    longest = widest(starts)
     # A byte in gives at most a replacement and a space out; room for that is made a text at a time, doubling, so the
     # buffer stays near the output's size (a bound for the whole batch at once, 11x, spent more time in page faults
     # than in the pass when memory was fresh from other work).
