@@ -42,7 +42,7 @@ from trait.outputs import check_output
 from trait.ranks import roc_auc
 
 from .fs import arrow_filesystem
-from .text import NORMALISER_VERSION, normalise_many
+from .text import NORMALISER_VERSION, decoded, normalise_many
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,27 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
 
 def positive_probability(model, texts: list[str]) -> np.ndarray:
     """P(positive) for each already-normalised text."""
+    from trait.native import utf8
+
+    return positive_probabilities([model], *utf8(texts))[0]
+
+
+def positive_probabilities(models: list, buf: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    """P(positive) by each model for each already-normalised text of ``buf`` (``trait.native.utf8``'s layout):
+    fastText's predict, compiled where that gives its very bits (spark_jobs/predict.py: every model this module
+    trains), the texts split once for all the compiled models."""
+    from . import predict
+
+    native = [predict.compiled(model, POSITIVE) for model in models]
+    together = [m for m in native if m is not None]
+    scores = iter(predict.predict(together, buf, offsets) if together else ())
+    texts = decoded(buf, offsets) if len(together) < len(models) else None
+    return [next(scores) if m is not None else fasttext_probability(model, texts) for model, m in zip(models, native)]
+
+
+def fasttext_probability(model, texts: list[str]) -> np.ndarray:
+    """P(positive) for each already-normalised text by fastText's own Python ``predict``: the reference the compiled
+    predict reproduces, and the path of a model it does not cover."""
     labels, probs = model.predict(texts, k=-1)
     return np.array([dict(zip(ls, ps)).get(POSITIVE, 0.0) for ls, ps in zip(labels, probs)], dtype=np.float32)
 

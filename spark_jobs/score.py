@@ -36,12 +36,12 @@ from trait.config import ConfigError, field, to_dict
 from trait.contract import part_name, validate_schema
 
 from . import quality_signals, shipped
-from .classifier import load_card, positive_probability
+from .classifier import load_card, positive_probabilities
 from .dataset import JobOutput, finished_manifest, parts_glob, read_schema
 from .fs import HadoopFS, arrow_filesystem
 from .parquet_append import ColumnAppender
 from .select import Threshold
-from .text import normalise_many
+from .text import normalise_utf8
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,15 @@ def score_texts(texts: pa.ChunkedArray, models: list[tuple[str, object]], batch_
     signalled = np.zeros(len(texts), dtype=bool)
     for start in range(0, len(texts), batch_rows):
         batch = texts.slice(start, batch_rows)
-        normalised = normalise_many(batch)
-        end = start + len(normalised)
-        present[start:end] = np.fromiter(map(bool, normalised), dtype=bool, count=len(normalised))
-        scored = [t for t in normalised if t]
-        if not scored:
-            continue
+        normalised, bounds = normalise_utf8(batch)
+        end = start + len(batch)
         kept = present[start:end]
-        for column, model in models:
-            values[column][start:end][kept] = positive_probability(model, scored)
+        kept[:] = np.diff(bounds) > 0
+        if not kept.any():
+            continue
+        # the empty texts too, the batch as it is; their scores are masked
+        for (column, _), scores in zip(models, positive_probabilities([m for _, m in models], normalised, bounds)):
+            values[column][start:end] = scores
         if not signals:
             continue
         gated = kept if signals_where is None else kept & (values[signals_where[0]][start:end] >= signals_where[1])

@@ -21,6 +21,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # this module imports only the standard library: datatrove's benchmark runs it elsewhere
+    import numpy as np
     import pyarrow as pa
 
 NORMALISER_VERSION = "v2"
@@ -112,14 +113,15 @@ def _native_tables():
     return rows, np.frombuffer(b"".join(replacements), dtype=np.uint8), starts, marks
 
 
-def _decoded(out, bounds) -> list[str]:
-    """The texts of a compiled pass's output: UTF-8 bytes ``out`` cut at ``bounds``."""
+def decoded(out, bounds) -> list[str]:
+    """The texts of UTF-8 bytes ``out`` cut at ``bounds`` (``trait.native.utf8``'s layout)."""
     raw, bounds = out.tobytes(), bounds.tolist()
     return [raw[bounds[i]:bounds[i + 1]].decode() for i in range(len(bounds) - 1)]
 
 
-def normalise_many(texts: pa.Array | pa.ChunkedArray) -> list[str]:
-    """``normalise`` of each text of an Arrow string array without nulls: the same strings, in native code."""
+def normalise_utf8(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """``normalise`` of each text of an Arrow string array without nulls, in native code, as UTF-8: the bytes back to
+    back and the offsets where each text starts, with the end as a last entry (``trait.native.utf8``'s layout)."""
     import numpy as np
     import pyarrow as pa
 
@@ -137,15 +139,25 @@ def normalise_many(texts: pa.Array | pa.ChunkedArray) -> list[str]:
     offsets = offsets - offsets[0]
     tables = _native_tables()
     out, bounds, flags = translate_collapse(buf, offsets, *tables)
-    result = _decoded(out, bounds)
+    patched = {}
     commands = np.flatnonzero(flags == COMMAND).tolist()  # a backslash, and no "Σ"
     if commands:
         subbed = [_COMMAND.sub(_command, _FRACTION.sub(r" \1 / \2 ", texts[i].as_py().lower())) for i in commands]
-        for i, text in zip(commands, _decoded(*translate_collapse(*utf8(subbed), *tables)[:2])):
-            result[i] = text
-    for i in np.flatnonzero(flags & RISKY).tolist():
-        result[i] = normalise(texts[i].as_py())
-    return result
+        again, cuts = translate_collapse(*utf8(subbed), *tables)[:2]
+        patched.update((i, again[cuts[k]:cuts[k + 1]].tobytes()) for k, i in enumerate(commands))
+    patched.update((i, normalise(texts[i].as_py()).encode()) for i in np.flatnonzero(flags & RISKY).tolist())
+    if not patched:
+        return out, bounds
+    raw, cuts = out.tobytes(), bounds.tolist()
+    rows = [patched.get(i, raw[cuts[i]:cuts[i + 1]]) for i in range(len(cuts) - 1)]
+    bounds = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=bounds[1:])
+    return np.frombuffer(b"".join(rows), dtype=np.uint8), bounds
+
+
+def normalise_many(texts: pa.Array | pa.ChunkedArray) -> list[str]:
+    """``normalise`` of each text of an Arrow string array without nulls: the same strings, in native code."""
+    return decoded(*normalise_utf8(texts))
 
 
 _WORDS = re.compile(r"\w+|[^\w\s]")

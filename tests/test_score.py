@@ -1,4 +1,5 @@
-"""``trait score``: every row kept and scored exactly as raw fastText would, reruns, kill and rerun, bad input."""
+"""``trait score``: every row kept and scored exactly as fastText's own predict scores it, reruns, kill and rerun, bad
+input."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_jobs import quality_signals
-from spark_jobs.classifier import load_card, positive_probability
+from spark_jobs.classifier import fasttext_probability, load_card
 from spark_jobs.dataset import DatasetError
 from spark_jobs.quality_signals import HEURISTIC_MATH_V1, HEURISTIC_V1
 from spark_jobs.score import ATTEMPTS_DIR, ScoreConfig, run_score, score_texts
@@ -41,7 +42,7 @@ def test_every_row_is_scored_as_raw_fasttext_scores_it(scored, small_corpus, cla
     for model_dir in classifiers:
         card, bin_path = load_card(model_dir)
         assert out.schema.field(card["score_column"]).type == pa.float32()
-        expected = positive_probability(fasttext.load_model(str(bin_path)), texts)
+        expected = fasttext_probability(fasttext.load_model(str(bin_path)), texts)
         got = np.array([by_id[i][card["score_column"]] for i in source.column("id").to_pylist()], dtype=np.float32)
         np.testing.assert_array_equal(got, expected)
 
@@ -90,7 +91,7 @@ def test_a_text_with_nothing_to_score_gets_a_null_score(classifiers):
     texts = ["a theorem on groups", " \u2003\n", "x", "\n", "the Sylow theorems"]
     scores = score_texts(pa.chunked_array([texts[:3], texts[3:]]), [("score_domain_math_v1", model)], 2).column(0)
     assert scores.type == pa.float32() and scores.null_count == 2 and not scores[1].is_valid and not scores[3].is_valid
-    expected = positive_probability(model, [normalise(texts[i]) for i in (0, 2, 4)])
+    expected = fasttext_probability(model, [normalise(texts[i]) for i in (0, 2, 4)])
     assert np.array_equal(scores.take([0, 2, 4]).to_numpy(), expected)
 
 
@@ -102,7 +103,7 @@ def test_signals_where_computes_the_signals_only_where_the_gate_passes(spark, sm
     math = [r["text"] for r in read_jsonl(SHARED_DATA / "corpora/math/planetmath/planetmath_entries.jsonl.gz", 4)]
     wiki = [r["text"] for r in read_jsonl(SHARED_DATA / "corpora/general/enwiki_2015_part1.jsonl.gz", 4)]
     texts = [math[0], wiki[0], "$$", math[1], wiki[1], wiki[2], math[2], math[3], wiki[3]]
-    domain = positive_probability(model, [normalise(t) for t in texts if normalise(t)])
+    domain = fasttext_probability(model, [normalise(t) for t in texts if normalise(t)])
     gate = float(np.median(domain))
     out = score_texts(pa.chunked_array([texts[:4], texts[4:]]), [("score_domain_math_v1", model)], 3,
                       (HEURISTIC_MATH_V1,), ("score_domain_math_v1", gate))

@@ -22,7 +22,10 @@ import functools
 import numpy as np
 import xxhash._xxhash
 from llvmlite import binding as llvm
+from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 WORD, SPACE = np.uint8(1), np.uint8(2)  # bits of char_classes
 _CODE_POINTS = 0x110000
@@ -92,6 +95,23 @@ _XXH3_64 = types.ExternalFunction("XXH3_64bits", types.uint64(types.voidptr, typ
 def xxh3_64(buf, start, stop):
     """xxh3-64 (seed 0) of ``buf[start:stop]`` (a contiguous uint8 array)."""
     return _XXH3_64(buf[start:].ctypes, stop - start)
+
+
+@intrinsic
+def prefetch_row(typingctx, matrix, row):
+    """Ask the CPU to start loading ``matrix[row]`` (a C-contiguous 2-D array) into cache; no effect on results.
+    A kernel that gathers rows at random issues it some rows ahead of the one it reads."""
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        address = cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1], zero])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        # read, high temporal locality, data cache
+        builder.call(fn, [builder.bitcast(address, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(matrix, types.intp), codegen
 
 
 @njit(inline="always")
