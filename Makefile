@@ -65,7 +65,8 @@ docs: setup
 # `make test` runs them all.
 FAST_MARKERS = not (cluster or train or demo or vllm or slurm or pipeline or science)
 FAST_SKIP = baselines classifier compare contract_writers decontaminate dedup dsir eval_run ingest ingest_inputs \
-	ingest_property listeners output_guard output_writable packaging parquet_append report score select synth_server
+	ingest_property listeners output_guard output_writable packaging parquet_append report score select session \
+	synth_server
 FAST_DESELECT = test_synth_validate.py::test_real_vllm_structured_passages_always_parse \
 	test_cli.py::test_the_chain_through_the_command_line \
 	test_eval_bpb.py::test_long_document_is_scored_in_windows \

