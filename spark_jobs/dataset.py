@@ -101,14 +101,20 @@ def finished_manifest(spark, path: str) -> dict:
     return parse_manifest(fs.read_text(f"{base}/{MANIFEST_NAME}"), path)
 
 
-def read_schema(uri: str) -> pa.Schema:
-    """Arrow schema of one Parquet file (from its footer), without Spark's schema metadata (which describes the
-    columns Spark wrote, not ones added after: Spark would read a scored file without its scores)."""
+def read_footer(uri: str):
+    """The Parquet footer (``pyarrow.parquet.FileMetaData``) of one file."""
     import pyarrow.parquet as pq
 
     fs, path = arrow_filesystem(uri)
     with fs.open_input_file(path) as source:
-        return pa.schema(list(pq.ParquetFile(source).schema_arrow))
+        return pq.ParquetFile(source).metadata
+
+
+def read_schema(uri: str, footer=None) -> pa.Schema:
+    """Arrow schema of one Parquet file (from its footer, read here unless given), without Spark's schema metadata
+    (which describes the columns Spark wrote, not ones added after: Spark would read a scored file without its
+    scores)."""
+    return pa.schema(list((footer or read_footer(uri)).schema.to_arrow_schema()))
 
 
 def open_dataset(spark, path: str):

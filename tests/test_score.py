@@ -22,7 +22,7 @@ from spark_jobs import quality_signals
 from spark_jobs.classifier import fasttext_probability, load_card
 from spark_jobs.dataset import DatasetError
 from spark_jobs.quality_signals import HEURISTIC_MATH_V1, HEURISTIC_V1
-from spark_jobs.score import ATTEMPTS_DIR, ScoreConfig, run_score, score_texts
+from spark_jobs.score import ATTEMPTS_DIR, SPLIT_SLOP, ScoreConfig, plan_splits, run_score, score_texts
 from spark_jobs.text import normalise
 from trait.config import ConfigError, from_dict
 from trait.contract import finished_dataset, validate_table
@@ -245,3 +245,18 @@ def test_a_corrupt_classifier_is_refused_before_it_ships(small_corpus, classifie
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert len(errors) == 1 and f"{bin_path} is corrupt or was replaced: its sha1 is " in errors[0], done.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out._staging").exists()
+
+
+def test_splits_cover_each_file_once_and_leave_no_sliver():
+    """Contiguous ranges from 0 to each file's size; none longer than SPLIT_SLOP x split_bytes; a file's last range
+    takes the remainder rather than leave it (a footer's bytes, no row group's midpoint) to a task of its own."""
+    sizes = [0, 1, 99, 100, 105, 110, 111, 250, 1_000]
+    splits = plan_splits([(f"f{k}", size) for k, size in enumerate(sizes)], 100)
+    assert [s[0] for s in splits] == list(range(len(splits)))
+    for k, size in enumerate(sizes):
+        ranges = [(start, end) for _, uri, start, end in splits if uri == f"f{k}"]
+        assert ranges[0][0] == 0 and ranges[-1][1] == size
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(end - start <= SPLIT_SLOP * 100 for start, end in ranges)
+        assert all(end - start == 100 for start, end in ranges[:-1])
+    assert [len([s for s in splits if s[1] == f"f{k}"]) for k in range(len(sizes))] == [1, 1, 1, 1, 1, 1, 2, 3, 10]
