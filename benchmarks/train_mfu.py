@@ -2,6 +2,8 @@
 
     python -m benchmarks.train_mfu                      # 1B Llama, seq 2048, bf16, ZeRO-1, one GPU
     python -m benchmarks.train_mfu --compile --micro-batch 16 --activation-checkpointing
+    python -m benchmarks.train_mfu --model ~/.cache/trait/models/gemma3-270m --precision fp32 --seq-len 512 \
+        --micro-batch 1 --warmup 1 --steps 3 --loss-chunk-tokens 512     # a real base on CPU (issue 20, point 5)
 
 Nothing here trains differently from ``trait train``: the script writes the model's config.json (no weights) and
 a one-stage TrainConfig with ``random_init: true`` and ``synthetic_data`` (uniform random token ids, so no corpus
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import shutil
 import statistics
 import sys
@@ -58,6 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--peak", type=float, default=None, help="peak FLOP/s per device (default: detected)")
     p.add_argument("--export", action="store_true", help="also export the final model (times the HF save)")
+    p.add_argument("--model", default=None, help="train this Hugging Face model directory with its own weights "
+                   "(e.g. the prepared gemma3-270m) instead of a random Llama of the shape above")
+    p.add_argument("--loss-chunk-tokens", type=int, default=0, help="TrainConfig.loss_chunk_tokens: the output "
+                   "layer and loss in chunks of N tokens (trainer/loss.py); 0: the model's own")
     return p.parse_args(argv)
 
 
@@ -75,10 +82,11 @@ def train_config(args, workdir: Path) -> dict:
     global_batch = args.micro_batch * args.grad_accum  # one process: world size 1
     steps = args.warmup + args.steps
     return {
-        "model": str(workdir / "model"), "output_dir": str(workdir / "out"), "seed": 0,
+        "model": args.model or str(workdir / "model"), "output_dir": str(workdir / "out"), "seed": 0,
         "precision": args.precision, "peak_flops_per_device": args.peak, "log_every": 1,
         "attn_implementation": args.attn, "gradient_checkpointing": args.activation_checkpointing,
-        "compile": args.compile, "random_init": True, "export": args.export,
+        "compile": args.compile, "random_init": args.model is None, "export": args.export,
+        "loss_chunk_tokens": args.loss_chunk_tokens,
         "stages": [{"name": "benchmark", "synthetic_data": {"seq_len": args.seq_len},
                     "token_budget": steps * global_batch * args.seq_len, "micro_batch_size": args.micro_batch,
                     "global_batch_size": global_batch, "lr": 3e-4, "min_lr": 3e-5, "warmup_steps": 2,
@@ -99,7 +107,8 @@ def main(argv=None) -> int:
 
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
-    write_model_config(args, workdir / "model")
+    if args.model is None:
+        write_model_config(args, workdir / "model")
     config = from_dict(TrainConfig, train_config(args, workdir))
     result = run_training(config, resume="never")
     summary = result["stages"]["benchmark"]
@@ -114,16 +123,20 @@ def main(argv=None) -> int:
     peak = detect_peak_flops(args.peak)
     out = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "shape": {k: getattr(args, k) for k in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab",
-                                                "seq_len", "micro_batch", "grad_accum")},
+        "model": args.model or "random Llama",
+        "shape": {k: getattr(args, k) for k in (("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab")
+                                                if args.model is None else ()) + ("seq_len", "micro_batch",
+                                                                                  "grad_accum")},
         "options": {"attn": args.attn, "compile": args.compile, "activation_checkpointing":
-                    args.activation_checkpointing, "precision": summary["precision"]},
+                    args.activation_checkpointing, "precision": summary["precision"],
+                    "loss_chunk_tokens": args.loss_chunk_tokens},
         "matmul_params": summary["matmul_params"], "flops_per_token": summary["flops_per_token"],
         "timed_steps": len(steps), "step_time_s_median": statistics.median(r["step_time_s"] for r in steps),
         "tokens_per_s": tps, "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in steps),
         "peak_flops_per_device": peak,
         "mfu": tps * summary["flops_per_token"] / peak if peak else None,
         "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # the process, model load included
         "final_loss": steps[-1]["loss"],
     }
     (workdir / "result.json").write_text(json.dumps(out, indent=1))

@@ -141,6 +141,10 @@ class TrainConfig:
     gradient_checkpointing: bool = field(False, help="recompute activations in the backward pass (less memory, "
                                          "~1/3 more compute; MFU still counts model FLOPs only)")
     compile: bool = field(False, help="torch.compile the model (CUDA; the first steps pay the compile time)")
+    loss_chunk_tokens: int = field(0, help="compute the output layer and loss with torch's chunked "
+                                   "linear_cross_entropy, this many tokens at a time, never holding the whole "
+                                   "(tokens x vocabulary) logits (trainer.loss); for large vocabularies, e.g. 512 "
+                                   "for Gemma 3's 262k; 0: the model's own lm_head and loss")
     random_init: bool = field(False, help="build the model from <model>/config.json with random weights instead of "
                               "loading them (benchmarks); never for a real run")
     export: bool = field(True, help="export each stage's final model as a Hugging Face directory "
@@ -157,6 +161,8 @@ class TrainConfig:
             raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.attn_implementation not in ATTENTION:
             raise ConfigError(f"attn_implementation {self.attn_implementation!r}: choose one of {', '.join(ATTENTION)}")
+        if self.loss_chunk_tokens < 0:
+            raise ConfigError(f"loss_chunk_tokens must be >= 0 (0: the model's own loss), got {self.loss_chunk_tokens}")
         if self.log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
         if self.peak_flops_per_device is not None and not 0 < self.peak_flops_per_device < math.inf:

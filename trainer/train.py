@@ -27,6 +27,7 @@ from pathlib import Path
 from trainer import checkpoint
 from trainer.config import StageConfig, TrainConfig, check_inputs
 from trainer.engine import Dist, build_engine, init_distributed, lr_factor, resolve_precision
+from trainer.loss import check_chunked_loss, use_chunked_loss
 from trainer.metrics import MetricsLogger, detect_peak_flops, matmul_params, mfu, model_flops_per_token
 from trainer.model import drop_exports_after, export_model, load_model, step_export_dir, verified_export
 from trait.config import ConfigError, to_dict
@@ -142,6 +143,11 @@ def train_stage(config: TrainConfig, index: int, init_dir: Path, d: Dist, precis
                           f"max_position_embeddings {mcfg.max_position_embeddings}")
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.loss_chunk_tokens:
+        own, chunked = check_chunked_loss(model, mcfg.vocab_size)
+        use_chunked_loss(model, config.loss_chunk_tokens)
+        log.info("stage %s: output layer and loss in chunks of %d tokens (torch linear_cross_entropy; check on 16 "
+                 "tokens: %.6f, the model's own %.6f)", stage.name, config.loss_chunk_tokens, chunked, own)
     total = stage.steps
     engine, _, ds_config = build_engine(model, stage, precision, d.world_size, total, d.device)
     if config.compile:
