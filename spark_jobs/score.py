@@ -56,7 +56,8 @@ class ScoreConfig:
     signals: list[str] = field(default_factory=list, help="rule-based score columns to add: score_quality_heuristic_v1"
                                " or score_quality_heuristic_math_v1 (FineWeb's filters; spark_jobs/quality_signals.py)")
     split_bytes: int | None = field(None, help="bytes of input Parquet per task; null: the input over 8 tasks "
-                                    "per core (so the last wave is short), between 4 MiB and 128 MiB")
+                                    "per core (so the last wave is short), between 4 MiB and 128 MiB and at least "
+                                    "the first part file's largest row group")
     batch_rows: int = field(2048, help="rows normalised and scored per Arrow batch")
     signals_where: Threshold | None = field(
         None, help="a cascade: compute the signals only where a classifier's score is at least min "
