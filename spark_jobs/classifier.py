@@ -228,7 +228,7 @@ def positive_probability(model, texts: list[str]) -> np.ndarray:
 def positive_probabilities(models: list, buf: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     """P(positive) by each model for each already-normalised text of ``buf`` (``trait.native.utf8``'s layout):
     fastText's predict, compiled where that gives its very bits (spark_jobs/predict.py: every model this module
-    trains), the texts split once for all the compiled models."""
+    trains), else fastText's own."""
     from . import predict
 
     native = [predict.compiled(model, POSITIVE) for model in models]

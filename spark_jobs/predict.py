@@ -1,5 +1,5 @@
 """fastText's supervised predict, compiled: P(positive) of each text, bit for bit what fastText's own ``predict``
-returns, in a third less time (docs/benchmarks.md).
+returns, at 1.5-1.65x its speed (docs/benchmarks.md).
 
 fastText's Python ``predict`` copies each text into a C++ string, reads it a byte at a time through an ``istream``,
 looks each token up by string, and returns a label list and a NumPy array per text, which the caller walks in
