@@ -110,11 +110,15 @@ def read_footer(uri: str):
         return pq.ParquetFile(source).metadata
 
 
-def read_schema(uri: str, footer=None) -> pa.Schema:
-    """Arrow schema of one Parquet file (from its footer, read here unless given), without Spark's schema metadata
-    (which describes the columns Spark wrote, not ones added after: Spark would read a scored file without its
-    scores)."""
-    return pa.schema(list((footer or read_footer(uri)).schema.to_arrow_schema()))
+def footer_schema(footer) -> pa.Schema:
+    """Arrow schema of a Parquet footer, without Spark's schema metadata (which describes the columns Spark wrote,
+    not ones added after: Spark would read a scored file without its scores)."""
+    return pa.schema(list(footer.schema.to_arrow_schema()))
+
+
+def read_schema(uri: str) -> pa.Schema:
+    """``footer_schema`` of one Parquet file."""
+    return footer_schema(read_footer(uri))
 
 
 def open_dataset(spark, path: str):

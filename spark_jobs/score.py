@@ -37,7 +37,7 @@ from trait.contract import part_name, validate_schema
 
 from . import quality_signals, shipped
 from .classifier import load_card, positive_probabilities
-from .dataset import JobOutput, finished_manifest, parts_glob, read_footer, read_schema
+from .dataset import JobOutput, finished_manifest, footer_schema, parts_glob, read_footer
 from .fs import HadoopFS, arrow_filesystem
 from .parquet_append import ColumnAppender
 from .select import Threshold
@@ -223,7 +223,7 @@ def run_score(spark, config: ScoreConfig, input_path: str, output: str, overwrit
         return done
     files = [(f["path"], f["bytes"]) for f in job.input_files if f["path"].endswith(".parquet")]
     footer = read_footer(files[0][0])
-    schema = read_schema(files[0][0], footer)
+    schema = footer_schema(footer)
     clash = [c for c in columns if c in schema.names]
     if clash:
         raise ConfigError(f"{input_path} already has column(s) {clash}; score the unscored dataset or bump the "
