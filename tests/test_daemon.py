@@ -1,0 +1,45 @@
+"""spark_jobs/daemon.py: a local session's Python workers import pyspark as installed, not from Spark's zip of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spark_jobs.daemon import installed_first
+
+
+def _package(root: Path) -> Path:
+    """A pyspark package under ``root`` with a bundled zip, as pip installs it; returns the zip."""
+    (root / "pyspark" / "python" / "lib").mkdir(parents=True)
+    (root / "pyspark" / "__init__.py").write_text("")
+    (zipped := root / "pyspark" / "python" / "lib" / "pyspark.zip").write_bytes(b"")
+    return zipped
+
+
+def test_the_installed_packages_own_zips_go_last(tmp_path):
+    zipped = _package(tmp_path / "site")
+    py4j = zipped.parent / "py4j-0.10.9.9-src.zip"
+    path = ["/work", str(zipped), str(py4j), "/usr/lib/python311.zip", str(tmp_path / "site"), "/other"]
+    assert installed_first(path) == ["/work", "/usr/lib/python311.zip", str(tmp_path / "site"), "/other",
+                                     str(zipped), str(py4j)]
+
+
+def test_a_path_without_pyspark_installed_is_left_as_it_is(tmp_path):
+    zipped = _package(tmp_path / "dist")  # a Spark distribution's zip, no installed package on the path
+    path = [str(zipped), "/usr/lib/python3.11", str(tmp_path / "elsewhere")]
+    assert installed_first(path) == path
+    other = _package(tmp_path / "other")  # a zip inside another pyspark than the one installed stays first
+    assert installed_first([str(zipped), str(other.parents[2])]) == [str(zipped), str(other.parents[2])]
+
+
+def test_a_local_sessions_workers_import_the_installed_pyspark(spark):
+    import pyspark
+
+    def where(_):
+        import sys
+
+        import pyspark as worker_pyspark
+
+        return worker_pyspark.__file__, sys.modules["pyspark.worker"].__file__
+
+    found = spark.sparkContext.parallelize(range(2), 2).map(where).collect()
+    assert found == [(pyspark.__file__, str(Path(pyspark.__file__).parent / "worker.py"))] * 2
