@@ -28,8 +28,8 @@ Python workers included, datatrove's workers too), so "per core" means per CPU, 
   (start-up included). Its scores are compared with spark-1's by id: float32 bits, every row.
 
 With ``--demo-docs`` (default: the demo pool's size, 16,108 documents; not with --quick) each round also runs
-spark-1, spark-2 (one cold job per process) and datatrove-1, -2 on that corpus: what a small local job costs from
-start to exit.
+spark-1, spark-2 and datatrove-1, -2 on that corpus, the Spark ones as the ``trait score`` command on ``local[1]``
+and ``local[2]``: what a small local job costs from start to exit.
 
 The runs are measured in ``--rounds`` interleaved rounds and each reports its best round (and the spread):
 run-to-run variation on a shared VM is +-20%, more than the differences being measured. Best-of compares each
@@ -242,9 +242,9 @@ def run_child(log: Path, cpus: str, *args: str) -> dict:
     return run_pinned(log, cpus, [sys.executable, "-m", "benchmarks.score_throughput", "--child", *args])
 
 
-def run_pinned(log: Path, cpus: str, command: list[str]) -> dict:
-    """``command`` pinned to ``cpus``: the JSON of its last output line, its wall time from start to exit
-    (``wall_s``) and peak tree RSS (MiB)."""
+def run_pinned(log: Path, cpus: str, command: list[str], whole_output: bool = False) -> dict:
+    """``command`` pinned to ``cpus``: the JSON of its last output line (``whole_output``: of all of it), its wall
+    time from start to exit (``wall_s``) and peak tree RSS (MiB)."""
     import psutil
 
     cmd = ["taskset", "-c", cpus, *command]
@@ -264,8 +264,16 @@ def run_pinned(log: Path, cpus: str, command: list[str]) -> dict:
         wall = time.perf_counter() - started
         out = proc.stdout.read()
     if proc.returncode:
-        raise RuntimeError(f"{command[2]} failed ({proc.returncode}); see {log}; rerun: {' '.join(cmd)}")
-    return {**json.loads(out.strip().splitlines()[-1]), "wall_s": wall, "peak_rss_mib": peak / 2**20}
+        raise RuntimeError(f"{' '.join(command[:3])} failed ({proc.returncode}); see {log}; rerun: {' '.join(cmd)}")
+    return {**json.loads(out if whole_output else out.strip().splitlines()[-1]), "wall_s": wall,
+            "peak_rss_mib": peak / 2**20}
+
+
+def run_trait_score(log: Path, cpus: str, corpus: str, models: list[str], master: str, output: Path) -> dict:
+    """``trait score`` as a user runs it, pinned to ``cpus``: start to exit, its manifest's statistics."""
+    shutil.rmtree(output, ignore_errors=True)
+    return run_pinned(log, cpus, [str(Path(sys.executable).parent / "trait"), "score", "--input", corpus, "--output",
+                                  str(output), "--master", master, "--models", *models], whole_output=True)
 
 
 def run_datatrove(log: Path, cpus: str, corpus: str, models: dict[str, str], output: Path) -> dict:
@@ -455,9 +463,11 @@ def main() -> None:
         if demo is not None:
             print(f"round {i + 1} of {args.rounds} at {demo['docs']:,} documents: one job per process ...",
                   flush=True)
-            demo_rounds.append({"spark-1": spark_run("local[1]", "0", demo, runs="cold"),
-                                "spark-2": spark_run("local[2]", "0,1", demo, runs="cold"),
-                                "datatrove-1": datatrove_run("0", demo), "datatrove-2": datatrove_run("0,1", demo)})
+            trait = {f"spark-{c}": run_trait_score(logs / f"trait-score-{c}-{demo['docs']}.log", cpus, demo["path"],
+                                                   models, f"local[{c}]", out / f"local{c}-demo")
+                     for c, cpus in ((1, "0"), (2, "0,1"))}
+            demo_rounds.append({**trait, "datatrove-1": datatrove_run("0", demo),
+                                "datatrove-2": datatrove_run("0,1", demo)})
     lines, ratios = report(corpus, rounds, demo, demo_rounds)
     print(f"\nbest of {args.rounds} interleaved round(s) (spread: slowest / fastest round)\n")
     print("\n".join(lines))
