@@ -132,6 +132,20 @@ def plan_splits(files: list[tuple[str, int]], split_bytes: int) -> list[tuple[in
     return splits
 
 
+def job_splits(files: list[tuple[str, int]], footer, parallelism: int, split_bytes: int = 0
+               ) -> tuple[int, list[tuple[int, str, int, int]]]:
+    """The job's split size and ``plan_splits`` of ``files``: ``split_bytes`` if given, else about 8 splits per core
+    of ``parallelism``, within ``MIN_SPLIT_BYTES`` and ``MAX_SPLIT_BYTES``. A split holds the row groups whose
+    midpoint it holds, so one smaller than a row group may hold none: at least the largest row group of the first
+    file (``footer``) (the demo's pool: 8 files of one 8.5 MB row group made 20 splits, 12 empty, ~0.1 s of a core
+    each)."""
+    floor = max([MIN_SPLIT_BYTES] + [sum(footer.row_group(g).column(c).total_compressed_size
+                                         for c in range(footer.num_columns)) for g in range(footer.num_row_groups)])
+    total = sum(size for _, size in files)
+    split_bytes = split_bytes or min(MAX_SPLIT_BYTES, max(floor, -(-total // (8 * parallelism))))
+    return split_bytes, plan_splits(files, split_bytes)
+
+
 def _row_groups_in(metadata, start: int, end: int) -> list[int]:
     """Row groups whose midpoint lies in ``[start, end)``: each row group falls in exactly one split."""
     groups = []
@@ -236,16 +250,9 @@ def run_score(spark, config: ScoreConfig, input_path: str, output: str, overwrit
                           "classifier version")
     models = [(card["score_column"], shipped.ship(spark, str(bin_path))) for card, bin_path in cards]
     sc = spark.sparkContext
-    total = sum(size for _, size in files)
-    # A split holds the row groups whose midpoint it holds, so one smaller than a row group may hold none: at least
-    # the first file's largest row group (the demo's pool: 8 files of one 8.5 MB row group made 20 splits, 12 empty,
-    # ~0.1 s of a core each)
-    floor = max([MIN_SPLIT_BYTES] + [sum(footer.row_group(g).column(c).total_compressed_size
-                                         for c in range(footer.num_columns)) for g in range(footer.num_row_groups)])
-    split_bytes = config.split_bytes or min(MAX_SPLIT_BYTES, max(floor, -(-total // (8 * sc.defaultParallelism))))
-    splits = plan_splits(files, split_bytes)
-    log.info("score: %d files, %.1f MB in %d splits of <= %.1f MB", len(files), total / 1e6, len(splits),
-             split_bytes / 1e6)
+    split_bytes, splits = job_splits(files, footer, sc.defaultParallelism, config.split_bytes)
+    log.info("score: %d files, %.1f MB in %d splits of <= %.1f MB", len(files),
+             sum(size for _, size in files) / 1e6, len(splits), split_bytes / 1e6)
     schema = pa.schema(list(schema) + [pa.field(c, pa.float32()) for c in columns])
     validate_schema(schema)  # before hours of scoring; commit checks every part file written with it
     staging = job.begin()
