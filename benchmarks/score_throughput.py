@@ -257,21 +257,20 @@ def child_tasks(corpus: str, models: list[str], output: str) -> dict:
 
 
 def child_spark(corpus: str, models: list[str], master: str, output: str, runs: list[str]) -> dict:
-    """The score job on ``master``, ``runs`` times in one session; times each whole run_score call."""
-    import psutil
-
+    """The score job on ``master``, ``runs`` times in one session; times each whole run_score call (and when it
+    ended on the system's monotonic clock, which ``with_start`` compares with the parent's spawn)."""
     from spark_jobs.score import ScoreConfig, run_score
     from spark_jobs.session import get_spark
     from trait.config import from_dict
 
-    started_s = time.time() - psutil.Process().create_time()  # the interpreter's start and the imports
     t0 = time.perf_counter()
     spark = get_spark("bench-score", master, scheduler_only=True)  # as `trait score` starts it
-    result: dict = {"started_s": started_s, "session_start_s": time.perf_counter() - t0}
+    result: dict = {"session_start_s": time.perf_counter() - t0}
     for run in runs:
         started = time.perf_counter()
         manifest = run_score(spark, from_dict(ScoreConfig, {"models": models}), corpus, f"{output}-{run}")
-        result[run] = {"seconds": time.perf_counter() - started, "splits": manifest["splits"]}
+        result[run] = {"seconds": time.perf_counter() - started, "splits": manifest["splits"],
+                       "ended_at": time.clock_gettime(time.CLOCK_MONOTONIC)}
         result["rows_out"] = manifest["counts"]["rows_out"]
     spark.stop()
     return result
@@ -284,13 +283,14 @@ def run_child(log: Path, cpus: str, *args: str) -> dict:
 
 def run_pinned(log: Path, cpus: str, command: list[str], whole_output: bool = False) -> dict:
     """``command`` pinned to ``cpus``: the JSON of its last output line (``whole_output``: of all of it), its wall
-    time from start to exit (``wall_s``) and peak tree RSS (MiB)."""
+    time from start to exit (``wall_s``), when it was spawned on the system's monotonic clock (``spawned_at``) and
+    peak tree RSS (MiB)."""
     import psutil
 
     cmd = ["taskset", "-c", cpus, *command]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as err:
-        started = time.perf_counter()
+        started, spawned_at = time.perf_counter(), time.clock_gettime(time.CLOCK_MONOTONIC)
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
         root, peak = psutil.Process(proc.pid), 0
         while proc.poll() is None:
@@ -306,7 +306,7 @@ def run_pinned(log: Path, cpus: str, command: list[str], whole_output: bool = Fa
     if proc.returncode:
         raise RuntimeError(f"{' '.join(command[:3])} failed ({proc.returncode}); see {log}; rerun: {' '.join(cmd)}")
     return {**json.loads(out if whole_output else out.strip().splitlines()[-1]), "wall_s": wall,
-            "peak_rss_mib": peak / 2**20}
+            "spawned_at": spawned_at, "peak_rss_mib": peak / 2**20}
 
 
 def run_trait_score(log: Path, cpus: str, corpus: str, models: list[str], master: str, output: Path) -> dict:
@@ -347,8 +347,9 @@ def identical_scores(trait_output: str, datatrove_output: Path, columns: list[st
 
 
 def with_start(run: dict) -> float:
-    """A Spark child's first job with what came before it: interpreter, imports, session start."""
-    return run["started_s"] + run["session_start_s"] + run["cold"]["seconds"]
+    """A Spark child's first job with what came before it: from its spawn (the interpreter's start, the imports, the
+    session's) to the job's end."""
+    return run["cold"]["ended_at"] - run["spawned_at"]
 
 
 def report(corpus: dict, rounds: list[dict], demo: dict | None, demo_rounds: list[dict]) -> tuple[list[str], dict]:
