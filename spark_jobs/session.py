@@ -124,7 +124,8 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
     then runs without C2 (``SCHEDULER_ONLY_JAVA_OPTIONS``; under spark-submit, or on a cluster, JVM options are the
     submit command's), and unless a session exists already, the session's JVM side is made on first use
     (``scheduler_session``). A local JVM this call starts maps the machine's class archive if it has one
-    (``class_archive``; ``archive`` False: never), and its executors' Python daemon is ``spark_jobs.daemon``.
+    (``class_archive``; ``archive`` False: never), and when its workers run this interpreter, their Python daemon is
+    ``spark_jobs.daemon``.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -143,9 +144,10 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
             # needs the driver, so its RPC and block manager ports listen on loopback. Spark's default is the
             # address of the host name; for a cluster master it still is, or spark.driver.host / SPARK_LOCAL_IP.
             options["spark.driver.bindAddress"] = options["spark.driver.host"] = "127.0.0.1"
-            # The executors run this environment, so their Python daemon can import pyspark as installed, with its
-            # cached bytecode, rather than from the sources-only zip Spark puts first (spark_jobs/daemon.py)
-            options["spark.python.daemon.module"] = "spark_jobs.daemon"
+            if os.environ["PYSPARK_PYTHON"] == sys.executable:
+                # The executors run this environment, so their Python daemon can import pyspark as installed, with
+                # its cached bytecode, rather than from the sources-only zip Spark puts first (spark_jobs/daemon.py)
+                options["spark.python.daemon.module"] = "spark_jobs.daemon"
             java_options = [SCHEDULER_ONLY_JAVA_OPTIONS] if scheduler_only else []
             if archive and (path := class_archive()).exists():
                 java_options.append(f"-XX:SharedArchiveFile={path} -Xlog:cds=off -Xlog:cds+dynamic=off")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from spark_jobs.daemon import installed_first
+
+from .conftest import REPO
 
 
 def _package(root: Path) -> Path:
@@ -43,3 +48,14 @@ def test_a_local_sessions_workers_import_the_installed_pyspark(spark):
 
     found = spark.sparkContext.parallelize(range(2), 2).map(where).collect()
     assert found == [(pyspark.__file__, str(Path(pyspark.__file__).parent / "worker.py"))] * 2
+
+
+def test_workers_of_another_interpreter_keep_sparks_daemon(tmp_path):
+    """Workers that run another interpreter than the driver's may lack trait: their daemon stays pyspark's."""
+    other = tmp_path / "python"
+    other.symlink_to(sys.executable)
+    script = ("from spark_jobs.session import get_spark; s = get_spark('t', 'local[1]', scheduler_only=True); "
+              "print(s.sparkContext.getConf().get('spark.python.daemon.module', 'unset'))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True,
+                         cwd=REPO, env={**os.environ, "PYSPARK_PYTHON": str(other)})
+    assert out.stdout.strip().splitlines()[-1] == "unset"
