@@ -19,13 +19,15 @@ from importlib.machinery import PathFinder
 
 
 def installed_first(path: list[str]) -> list[str]:
-    """``path`` with the entries inside the installed pyspark package (its bundled zips) moved to the end; unchanged
-    when pyspark is not installed outside a zip."""
+    """``path`` with the entries inside the installed pyspark package (its bundled zips) moved to the end, links
+    resolved (Spark names the zip by its real path, a venv may be reached through a link); unchanged when pyspark is
+    not installed outside a zip."""
     spec = PathFinder.find_spec("pyspark", [p for p in path if not p.endswith(".zip")])
     if spec is None or spec.origin is None:
         return list(path)
-    package = os.path.dirname(spec.origin) + os.sep
-    return [p for p in path if not p.startswith(package)] + [p for p in path if p.startswith(package)]
+    package = os.path.realpath(os.path.dirname(spec.origin)) + os.sep
+    bundled = [p for p in path if os.path.realpath(p).startswith(package)]
+    return [p for p in path if p not in bundled] + bundled
 
 
 if __name__ == "__main__":

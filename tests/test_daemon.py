@@ -28,6 +28,13 @@ def test_the_installed_packages_own_zips_go_last(tmp_path):
                                      str(zipped), str(py4j)]
 
 
+def test_a_zip_named_by_its_real_path_goes_last_from_a_linked_environment(tmp_path):
+    zipped = _package(tmp_path / "real" / "site")
+    (tmp_path / "venv").symlink_to(tmp_path / "real")
+    linked = str(tmp_path / "venv" / "site")
+    assert installed_first([str(zipped), linked]) == [linked, str(zipped)]
+
+
 def test_a_path_without_pyspark_installed_is_left_as_it_is(tmp_path):
     zipped = _package(tmp_path / "dist")  # a Spark distribution's zip, no installed package on the path
     path = [str(zipped), "/usr/lib/python3.11", str(tmp_path / "elsewhere")]
@@ -47,7 +54,9 @@ def test_a_local_sessions_workers_import_the_installed_pyspark(spark):
         return worker_pyspark.__file__, sys.modules["pyspark.worker"].__file__
 
     found = spark.sparkContext.parallelize(range(2), 2).map(where).collect()
-    assert found == [(pyspark.__file__, str(Path(pyspark.__file__).parent / "worker.py"))] * 2
+    package = Path(pyspark.__file__).resolve().parent
+    assert [tuple(Path(f).resolve() for f in files) for files in found] == [(package / "__init__.py",
+                                                                             package / "worker.py")] * 2
 
 
 def test_workers_of_another_interpreter_keep_sparks_daemon(tmp_path):
