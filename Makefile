@@ -64,7 +64,7 @@ docs: setup
 # tests (a tiny model through lm-eval, the embedder, ranks in processes; 15-60 s each on the loaded 2-core machine).
 # `make test` runs them all.
 FAST_MARKERS = not (cluster or train or demo or vllm or slurm or pipeline or science)
-FAST_SKIP = baselines classifier compare contract_writers decontaminate dedup dsir eval_run ingest ingest_inputs \
+FAST_SKIP = baselines classifier compare contract_writers daemon decontaminate dedup dsir eval_run ingest ingest_inputs \
 	ingest_property listeners output_guard output_writable packaging parquet_append report score select session \
 	synth_server
 FAST_DESELECT = test_synth_validate.py::test_real_vllm_structured_passages_always_parse \
