@@ -240,9 +240,10 @@ def child_tasks(corpus: str, models: list[str], output: str) -> dict:
     from spark_jobs.score import ScoreConfig, job_splits, score_split
     from spark_jobs.session import get_spark
     from spark_jobs.text import normalise_utf8
+    from trait.outputs import PART_FILES
 
     spark = get_spark("bench-tasks", "local[1]", scheduler_only=True)
-    files = sorted((str(p), p.stat().st_size) for p in Path(corpus).glob("part-*.parquet"))
+    files = sorted((str(p), p.stat().st_size) for p in Path(corpus).glob(PART_FILES))
     footer = read_footer(files[0][0])
     named = [(card["score_column"], shipped.ship(spark, str(path))) for card, path in map(load_card, models)]
     schema = pa.schema(list(footer_schema(footer)) + [pa.field(column, pa.float32()) for column, _ in named])
