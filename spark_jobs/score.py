@@ -13,8 +13,9 @@ first job's start); re-encoding the output had cost ~5 % more, and Spark's DataF
 Arrow round trip of ``mapInArrow``, ~20 % (benchmarks/score_throughput.py).
 
 No Spark SQL runs at all: the input's schema and row count come from its Parquet footers, and the statistics
-from the written part files, read with pyarrow in the Python workers. A SQL pass costs little in a warm JVM but
-seconds of planning, code generation and JIT compilation in a fresh one, on the cores the scoring needs.
+from the tasks, each totalling by source the rows it scored (a pass over the output had cost a small job ~0.2 s).
+A SQL pass costs little in a warm JVM but seconds of planning, code generation and JIT compilation in a fresh one,
+on the cores the scoring needs.
 
 Commit: each task attempt writes ``_attempts/<split>-<uuid>.parquet`` under staging and returns its name; the
 driver renames the files of the successful attempts, in split order, to ``part-NNNNN.parquet`` and deletes the
@@ -160,10 +161,11 @@ def _row_groups_in(metadata, start: int, end: int) -> list[int]:
 
 def score_split(split: tuple[int, str, int, int], models: list[tuple[str, str]], schema: pa.Schema, staging: str,
                 batch_rows: int, signals: tuple[str, ...] = (), signals_where: tuple[str, float] | None = None) -> dict:
-    """Executor side: score the row groups of one split into one attempt file; return its name and row count,
-    and (from the split at the start of its file) the file's row count in its footer, so the driver counts the
-    rows in without a pass of its own. Only ``text`` is decoded; each output row group is the input's column
-    chunks, copied, plus the scores (``ColumnAppender``), so memory per task is one row group's text."""
+    """Executor side: score the row groups of one split into one attempt file; return its name, its row count, its
+    ``source_totals``, and (from the split at the start of its file) the file's row count in its footer, so the
+    driver counts the rows in, and the statistics, without a pass of its own. Only ``text``, ``source`` and
+    ``n_tokens`` are decoded; each output row group is the input's column chunks, copied, plus the scores
+    (``ColumnAppender``), so memory per task is one row group's text."""
     import pyarrow.parquet as pq
 
     index, uri, start, end = split
@@ -171,7 +173,8 @@ def score_split(split: tuple[int, str, int, int], models: list[tuple[str, str]],
     added = pa.schema([schema.field(column) for column in [*(c for c, _ in models), *signals]])
     with fs.open_input_file(path) as source:
         reader = pq.ParquetFile(source)
-        result = {"index": index, "file": None, "rows": 0, "file_rows": reader.metadata.num_rows if start == 0 else 0}
+        result = {"index": index, "file": None, "rows": 0, "totals": [],
+                  "file_rows": reader.metadata.num_rows if start == 0 else 0}
         groups = [g for g in _row_groups_in(reader.metadata, start, end) if reader.metadata.row_group(g).num_rows]
         if not groups:
             return result
@@ -185,41 +188,36 @@ def score_split(split: tuple[int, str, int, int], models: list[tuple[str, str]],
         with out_fs.open_output_stream(f"{out_dir}/{name}") as sink:
             appender = ColumnAppender(source, sink, added, schema)
             for group in groups:
-                text = reader.read_row_group(group, columns=["text"], use_threads=False).column("text")
-                appender.write_row_group(group, score_texts(text, loaded, batch_rows, signals, signals_where))
+                rows = reader.read_row_group(group, columns=["text", "source", "n_tokens"], use_threads=False)
+                scores = score_texts(rows.column("text"), loaded, batch_rows, signals, signals_where)
+                appender.write_row_group(group, scores)
+                result["totals"] += source_totals(pa.Table.from_arrays(
+                    [rows.column("source"), rows.column("n_tokens"), *scores.columns],
+                    ["source", "n_tokens", *scores.column_names]), scores.column_names)
             appender.close()
     return {**result, "file": name, "rows": sum(reader.metadata.row_group(g).num_rows for g in groups)}
 
 
-def part_stats(uri: str, columns: list[str]) -> list[dict]:
-    """Executor side: per source in one written part file, its rows, tokens, and each score's sum and non-null
-    count (sums and counts, not means, so the driver can add them up)."""
-    import pyarrow.parquet as pq
-
-    fs, path = arrow_filesystem(uri)
-    with fs.open_input_file(path) as source:
-        table = pq.read_table(source, columns=["source", "n_tokens", *columns], use_threads=False)
+def source_totals(table: pa.Table, columns: list[str]) -> list[dict]:
+    """Per source in ``table`` (``source``, ``n_tokens`` and the score ``columns``): its rows, tokens, and each
+    score's sum and non-null count (sums and counts, not means, so the driver can add them up)."""
     aggregates = [([], "count_all"), ("n_tokens", "sum")] + [(c, f) for c in columns for f in ("sum", "count")]
-    return table.group_by("source").aggregate(aggregates).to_pylist()
+    return table.group_by("source", use_threads=False).aggregate(aggregates).to_pylist()
 
 
-def score_stats(spark, path: str, columns: list[str], rows_in: int) -> dict:
-    """Rows by source and each score's mean and null count, aggregated over the written part files."""
-    parts = [uri for uri, _, _ in HadoopFS(spark).glob(parts_glob(path))]
-    sc = spark.sparkContext
-    totals: dict = {}
-    # A task per core, not per part: each part takes milliseconds to read (a few small columns), a task ~60 ms.
-    groups = sc.parallelize(parts, max(1, min(len(parts), sc.defaultParallelism))).flatMap(
-        functools.partial(part_stats, columns=columns)).collect()
-    for group in groups:
-        total = totals.setdefault(group.pop("source"), dict.fromkeys(group, 0))
+def score_stats(totals: list[dict], columns: list[str], rows_in: int) -> dict:
+    """Rows by source and each score's mean and null count, from the tasks' ``source_totals``."""
+    by_total: dict = {}
+    for group in totals:
+        group = dict(group)
+        total = by_total.setdefault(group.pop("source"), dict.fromkeys(group, 0))
         for key, value in group.items():
             total[key] += value or 0  # a sum over nothing but nulls is null
     by_source = {source: {"rows": t["count_all"], "tokens": t["n_tokens_sum"],
                           **{f"{c}_mean": t[f"{c}_sum"] / t[f"{c}_count"] if t[f"{c}_count"] else None
                              for c in columns},
                           **{f"{c}_nulls": t["count_all"] - t[f"{c}_count"] for c in columns}}
-                 for source, t in totals.items()}
+                 for source, t in by_total.items()}
     return {"rows_in": rows_in, "rows_out": sum(v["rows"] for v in by_source.values()), "rows_quarantined": 0,
             "tokens_out": sum(v["tokens"] or 0 for v in by_source.values()), "by_source": by_source}
 
@@ -274,7 +272,8 @@ def run_score(spark, config: ScoreConfig, input_path: str, output: str, overwrit
         out_fs.create_dir(out_dir, recursive=True)
         with out_fs.open_output_stream(f"{out_dir}/{part_name(0)}") as sink:
             pq.ParquetWriter(sink, schema, compression="zstd").close()
-    return job.commit(stats=lambda s, p: score_stats(s, p, columns, rows_in),
+    counts = score_stats([t for r in written for t in r["totals"]], columns, rows_in)
+    return job.commit(stats=lambda *_: counts,
                       extra={"tokenizer": upstream.get("tokenizer"), "score_columns": columns,
                              "splits": len(splits), "split_bytes": split_bytes,
                              "classifiers": {c["score_column"]: {"name": c["name"], "version": c["version"],

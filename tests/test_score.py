@@ -68,16 +68,16 @@ def test_manifest_counts_come_from_the_written_rows(scored, small_corpus):
     assert parts == [f"part-{i:05d}.parquet" for i in range(len(parts))]
 
 
-def test_statistics_are_the_aggregate_of_the_written_part_files(spark, tmp_path):
-    """Sums and non-null counts per part file, added up on the driver: the means and null counts must be those of
-    the whole output, including a source split across files and a score that is null for every row of a source."""
-    from spark_jobs.score import score_stats
+def test_statistics_are_the_aggregate_of_the_tasks_totals():
+    """Sums and non-null counts per task, added up on the driver: the means and null counts must be those of the
+    whole output, including a source split across tasks and a score that is null for every row of a source."""
+    from spark_jobs.score import score_stats, source_totals
 
     parts = [{"source": ["a", "a", "b"], "n_tokens": [3, 5, 7], "s": [0.5, None, None]},
              {"source": ["a", "c"], "n_tokens": [2, 4], "s": [0.25, 1.0]}]
-    for i, part in enumerate(parts):
-        pq.write_table(pa.table({**part, "s": pa.array(part["s"], pa.float32())}), tmp_path / f"part-{i:05d}.parquet")
-    stats = score_stats(spark, str(tmp_path), ["s"], rows_in=5)
+    totals = [t for part in parts for t in source_totals(pa.table({**part, "s": pa.array(part["s"], pa.float32())}),
+                                                         ["s"])]
+    stats = score_stats(totals, ["s"], rows_in=5)
     assert stats["rows_in"] == stats["rows_out"] == 5 and stats["tokens_out"] == 21
     assert stats["by_source"] == {"a": {"rows": 3, "tokens": 10, "s_mean": 0.375, "s_nulls": 1},
                                   "b": {"rows": 1, "tokens": 7, "s_mean": None, "s_nulls": 1},
