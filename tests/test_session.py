@@ -1,5 +1,6 @@
 """The JVM class archive of spark_jobs/session.py: built once into the cache, not rebuilt, mapped by a local
-session, and checked by the JVM itself against the class path it was built with."""
+session, and checked by the JVM itself against the class path it was built with; and a local session's private
+folder of Unix sockets."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
-from spark_jobs.session import _java, build_class_archive, class_archive
+from spark_jobs.session import _java, _socket_folder, build_class_archive, class_archive
 
 from .conftest import REPO
 
@@ -46,3 +48,26 @@ def test_without_an_archive_a_session_starts_as_before(tmp_path):
     arguments, _ = json.loads(out.stdout.strip().splitlines()[-1])
     assert not any(a.startswith("-XX:SharedArchiveFile") for a in arguments)
     assert not (tmp_path / "jvm").exists()
+
+
+def test_a_local_sessions_socket_folder_is_gone_when_the_driver_exits():
+    """`trait` commands exit without stopping their session: the accumulator server's socket file, which Spark removes
+    only at a stop, goes with the folder. (In a temporary folder of its own, short enough for sockets; pytest's
+    are not.)"""
+    script = ("from spark_jobs.session import get_spark; s = get_spark('t', 'local[1]', scheduler_only=True); "
+              "s.sparkContext.parallelize(range(2), 2).map(lambda x: x).collect(); "
+              "import os; d = s.sparkContext.getConf().get('spark.python.unix.domain.socket.dir'); "
+              "print(d, len(os.listdir(d)))")
+    with tempfile.TemporaryDirectory(dir="/tmp") as temporary:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True,
+                             cwd=REPO, env={**os.environ, "TMPDIR": temporary})
+        folder, sockets = out.stdout.strip().splitlines()[-1].split()
+        assert os.path.dirname(folder) == temporary and int(sockets) >= 2  # the daemon's, the accumulators'
+        assert not os.path.exists(folder) and os.listdir(temporary) == []
+
+
+def test_a_temporary_folder_too_deep_for_a_sockets_name_leaves_the_session_on_tcp(tmp_path, monkeypatch):
+    deep = tmp_path / ("d" * 80)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    assert _socket_folder() is None and list(deep.iterdir()) == []
