@@ -207,17 +207,17 @@ def source_totals(table: pa.Table, columns: list[str]) -> list[dict]:
 
 def score_stats(totals: list[dict], columns: list[str], rows_in: int) -> dict:
     """Rows by source and each score's mean and null count, from the tasks' ``source_totals``."""
-    by_total: dict = {}
+    summed: dict = {}
     for group in totals:
         group = dict(group)
-        total = by_total.setdefault(group.pop("source"), dict.fromkeys(group, 0))
+        total = summed.setdefault(group.pop("source"), dict.fromkeys(group, 0))
         for key, value in group.items():
             total[key] += value or 0  # a sum over nothing but nulls is null
     by_source = {source: {"rows": t["count_all"], "tokens": t["n_tokens_sum"],
                           **{f"{c}_mean": t[f"{c}_sum"] / t[f"{c}_count"] if t[f"{c}_count"] else None
                              for c in columns},
                           **{f"{c}_nulls": t["count_all"] - t[f"{c}_count"] for c in columns}}
-                 for source, t in by_total.items()}
+                 for source, t in summed.items()}
     return {"rows_in": rows_in, "rows_out": sum(v["rows"] for v in by_source.values()), "rows_quarantined": 0,
             "tokens_out": sum(v["tokens"] or 0 for v in by_source.values()), "by_source": by_source}
 

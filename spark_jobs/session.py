@@ -145,8 +145,8 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
     then runs without C2 (``SCHEDULER_ONLY_JAVA_OPTIONS``; under spark-submit, or on a cluster, JVM options are the
     submit command's), and unless a session exists already, the session's JVM side is made on first use
     (``scheduler_session``). A local JVM this call starts maps the machine's class archive if it has one
-    (``class_archive``; ``archive`` False: never), and when its workers run this interpreter, their Python daemon is
-    ``spark_jobs.daemon``.
+    (``class_archive``; ``archive`` False: never), its Python workers reach it over Unix sockets in a private folder
+    (``_socket_folder``), and when they run this interpreter, their Python daemon is ``spark_jobs.daemon``.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
