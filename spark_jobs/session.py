@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 # Defaults that every job wants; spark-submit --conf still overrides them.
 _DEFAULT_CONF = {
-    "spark.ui.showConsoleProgress": "true",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     # Keep Arrow batches modest: a batch of 16 KB documents x 2048 rows is ~32 MB in a Python worker.
     "spark.sql.execution.arrow.maxRecordsPerBatch": "2048",
@@ -178,7 +177,8 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
                 java_options.append(f"-XX:SharedArchiveFile={path} -Xlog:cds=off -Xlog:cds+dynamic=off")
             if java_options:
                 options["spark.driver.extraJavaOptions"] = " ".join(java_options)
-    options |= {**_DEFAULT_CONF, **(conf or {})}
+    # Spark's progress bar redraws a line with carriage returns: for a terminal, not for a batch log
+    options |= {**_DEFAULT_CONF, "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(), **(conf or {})}
     if scheduler_only and SparkSession.getActiveSession() is None:
         spark = scheduler_session(options)
     else:

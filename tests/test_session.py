@@ -71,3 +71,12 @@ def test_a_temporary_folder_too_deep_for_a_sockets_name_leaves_the_session_on_tc
     deep.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(deep))
     assert _socket_folder() is None and list(deep.iterdir()) == []
+
+
+def test_the_progress_bar_is_drawn_only_for_a_terminal():
+    """Spark redraws its progress line with carriage returns: into a batch log (stderr not a terminal) it is off."""
+    script = ("from spark_jobs.session import get_spark; s = get_spark('t', 'local[1]', scheduler_only=True); "
+              "print(s.sparkContext.getConf().get('spark.ui.showConsoleProgress'))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True,
+                         cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "false"
