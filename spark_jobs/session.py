@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -127,13 +128,42 @@ _SOCKET_NAME_CHARS = 43  # pyspark's ".<uuid4>.sock" and the separator; a socket
 
 def _socket_folder() -> str | None:
     """A new private folder for a local session's sockets, removed at exit; None where its path would leave a socket
-    too long a name (the session then keeps TCP)."""
-    folder = tempfile.mkdtemp(prefix="trait-spark-")
+    too long a name (the session then keeps TCP). Its name holds the driver's PID namespace and PID: a killed
+    driver's exit handlers never run, so each new session first removes the folders of dead drivers
+    (``_sweep_socket_folders``)."""
+    namespace = _pid_namespace()
+    _sweep_socket_folders(tempfile.gettempdir(), namespace)
+    folder = tempfile.mkdtemp(prefix=f"trait-spark-{namespace}-{os.getpid()}-")
     if len(os.fsencode(folder)) + _SOCKET_NAME_CHARS > 107:
         os.rmdir(folder)
         return None
     atexit.register(shutil.rmtree, folder, True)
     return folder
+
+
+def _pid_namespace() -> int:
+    """This process's PID namespace (the inode of /proc/self/ns/pid); 0 where there is none to read."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _sweep_socket_folders(parent: str, namespace: int) -> None:
+    """Remove this user's socket folders in ``parent`` whose driver, in this PID namespace, no longer runs. A folder
+    of another namespace (a container sharing the folder) is left alone: its PID means nothing here."""
+    if not namespace:
+        return
+    for entry in os.scandir(parent):
+        match = re.fullmatch(rf"trait-spark-{namespace}-(\d+)-\w+", entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(match[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except PermissionError:
+            pass  # a running process of another user
 
 
 def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | None = None,
