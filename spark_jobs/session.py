@@ -128,12 +128,12 @@ _SOCKET_NAME_CHARS = 43  # pyspark's ".<uuid4>.sock" and the separator; a socket
 
 def _socket_folder() -> str | None:
     """A new private folder for a local session's sockets, removed at exit; None where its path would leave a socket
-    too long a name (the session then keeps TCP). Its name holds the driver's PID namespace and PID: a killed
-    driver's exit handlers never run, so each new session first removes the folders of dead drivers
-    (``_sweep_socket_folders``)."""
-    namespace = _pid_namespace()
-    _sweep_socket_folders(tempfile.gettempdir(), namespace)
-    folder = tempfile.mkdtemp(prefix=f"trait-spark-{namespace}-{os.getpid()}-")
+    too long a name (the session then keeps TCP). A killed driver's exit handlers never run, so the name holds where
+    its PID means something (``_process_scope``) and the PID, and each new session first removes the folders of dead
+    drivers (``_sweep_socket_folders``)."""
+    scope = _process_scope()
+    _sweep_socket_folders(tempfile.gettempdir(), scope)
+    folder = tempfile.mkdtemp(prefix=f"trait-spark-{scope or 'x'}-{os.getpid()}-")
     if len(os.fsencode(folder)) + _SOCKET_NAME_CHARS > 107:
         os.rmdir(folder)
         return None
@@ -141,21 +141,24 @@ def _socket_folder() -> str | None:
     return folder
 
 
-def _pid_namespace() -> int:
-    """This process's PID namespace (the inode of /proc/self/ns/pid); 0 where there is none to read."""
+def _process_scope() -> str:
+    """Eight hex digits naming this machine's boot and this process's PID namespace, within which a PID names one
+    process (a temporary folder may be shared by containers, or by machines); '' where either cannot be read."""
     try:
-        return os.stat("/proc/self/ns/pid").st_ino
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
-        return 0
+        return ""
+    return hashlib.sha1(f"{boot}/{namespace}".encode()).hexdigest()[:8]
 
 
-def _sweep_socket_folders(parent: str, namespace: int) -> None:
-    """Remove this user's socket folders in ``parent`` whose driver, in this PID namespace, no longer runs. A folder
-    of another namespace (a container sharing the folder) is left alone: its PID means nothing here."""
-    if not namespace:
+def _sweep_socket_folders(parent: str, scope: str) -> None:
+    """Remove this user's socket folders in ``parent`` of ``scope`` whose driver no longer runs. A folder of another
+    scope is left alone: its PID means nothing here."""
+    if not scope:
         return
     for entry in os.scandir(parent):
-        match = re.fullmatch(rf"trait-spark-{namespace}-(\d+)-\w+", entry.name)
+        match = re.fullmatch(rf"trait-spark-{scope}-(\d+)-\w+", entry.name)
         if not match or not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
             continue
         try:

@@ -84,21 +84,22 @@ def test_the_progress_bar_is_drawn_only_for_a_terminal():
 
 def test_a_new_session_removes_the_socket_folders_of_drivers_that_died(monkeypatch):
     """A SIGKILLed driver runs no exit handler: the next session removes its folder, and leaves a running driver's
-    and one of another PID namespace alone."""
-    from spark_jobs.session import _pid_namespace
+    and one of another boot or PID namespace alone."""
+    from spark_jobs.session import _process_scope
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    namespace = _pid_namespace()
+    scope = _process_scope()
+    assert len(scope) == 8
     with tempfile.TemporaryDirectory(dir="/tmp") as temporary:
         monkeypatch.setattr(tempfile, "tempdir", temporary)
         folders = {name: os.path.join(temporary, name) for name in (
-            f"trait-spark-{namespace}-{dead.pid}-abc_1", f"trait-spark-{namespace}-{os.getpid()}-abc_2",
-            f"trait-spark-{namespace + 1}-{dead.pid}-abc_3", f"other-{namespace}-{dead.pid}-abc_4")}
+            f"trait-spark-{scope}-{dead.pid}-abc_1", f"trait-spark-{scope}-{os.getpid()}-abc_2",
+            f"trait-spark-00000000-{dead.pid}-abc_3", f"other-{scope}-{dead.pid}-abc_4")}
         for folder in folders.values():
             os.mkdir(folder)
-        with open(os.path.join(folders[f"trait-spark-{namespace}-{dead.pid}-abc_1"], ".x.sock"), "w"):
+        with open(os.path.join(folders[f"trait-spark-{scope}-{dead.pid}-abc_1"], ".x.sock"), "w"):
             pass
         new = _socket_folder()
         assert sorted(os.listdir(temporary)) == sorted([*list(folders)[1:], os.path.basename(new)])
-        assert os.path.basename(new).startswith(f"trait-spark-{namespace}-{os.getpid()}-")
+        assert os.path.basename(new).startswith(f"trait-spark-{scope}-{os.getpid()}-")
