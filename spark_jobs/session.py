@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -137,8 +138,21 @@ def _socket_folder() -> str | None:
     if len(os.fsencode(folder)) + _SOCKET_NAME_CHARS > 107:
         os.rmdir(folder)
         return None
-    atexit.register(shutil.rmtree, folder, True)
+    atexit.register(_remove_socket_folder, folder)
     return folder
+
+
+def _remove_socket_folder(folder: str) -> None:
+    """Remove the sockets Spark and pyspark made in ``folder`` (``.<uuid4>.sock``), then the folder if that left it
+    empty: nothing else is ever deleted."""
+    try:
+        for entry in os.scandir(folder):
+            socket_file = stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode)
+            if socket_file and re.fullmatch(r"\.[0-9a-f-]{36}\.sock", entry.name):
+                os.unlink(entry.path)
+        os.rmdir(folder)
+    except OSError:
+        pass  # gone already, or holding something else: left as it is
 
 
 def _process_scope() -> str:
@@ -164,7 +178,7 @@ def _sweep_socket_folders(parent: str, scope: str) -> None:
         try:
             os.kill(int(match[1]), 0)
         except ProcessLookupError:
-            shutil.rmtree(entry.path, ignore_errors=True)
+            _remove_socket_folder(entry.path)
         except PermissionError:
             pass  # a running process of another user
 

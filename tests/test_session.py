@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 
 from spark_jobs.session import _java, _socket_folder, build_class_archive, class_archive
 
@@ -98,8 +100,8 @@ def test_a_new_session_removes_the_socket_folders_of_drivers_that_died(monkeypat
             f"trait-spark-00000000-{dead.pid}-abc_3", f"other-{scope}-{dead.pid}-abc_4")}
         for folder in folders.values():
             os.mkdir(folder)
-        with open(os.path.join(folders[f"trait-spark-{scope}-{dead.pid}-abc_1"], ".x.sock"), "w"):
-            pass
+        with socket.socket(socket.AF_UNIX) as left:  # what a killed driver leaves: its accumulator server's socket
+            left.bind(os.path.join(folders[f"trait-spark-{scope}-{dead.pid}-abc_1"], f".{uuid.uuid4()}.sock"))
         new = _socket_folder()
         assert sorted(os.listdir(temporary)) == sorted([*list(folders)[1:], os.path.basename(new)])
         assert os.path.basename(new).startswith(f"trait-spark-{scope}-{os.getpid()}-")
