@@ -127,16 +127,18 @@ def normalise_utf8(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nd
 
     from trait.native import translate_collapse, utf8
 
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
-    texts = texts.cast(pa.large_string())  # int64 offsets whatever the input's type
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset:texts.offset + len(texts) + 1]
+    if isinstance(texts, pa.ChunkedArray):  # a batch sliced from one row group is one chunk: no copy then
+        texts = texts.chunk(0) if texts.num_chunks == 1 else texts.combine_chunks()
+    if texts.type not in (pa.string(), pa.large_string()):
+        texts = texts.cast(pa.large_string())
+    width = np.int32 if texts.type == pa.string() else np.int64
+    offsets = np.frombuffer(texts.buffers()[1], dtype=width)[texts.offset:texts.offset + len(texts) + 1]
     # A slice's buffer is its parent's: only its own bytes go to the pass. Read-only always (numba types an empty
     # buffer as writable), so the kernel has one signature and a first empty call loads what every later call runs.
     data = texts.buffers()[2]
     buf = np.frombuffer(data if data is not None else b"", dtype=np.uint8)[offsets[0]:offsets[-1]]
     buf.flags.writeable = False
-    offsets = offsets - offsets[0]
+    offsets = offsets.astype(np.int64) - offsets[0]
     tables = _native_tables()
     out, bounds, flags = translate_collapse(buf, offsets, *tables)
     patched = {}
@@ -148,11 +150,15 @@ def normalise_utf8(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nd
     patched.update((i, normalise(texts[i].as_py()).encode()) for i in np.flatnonzero(flags & RISKY).tolist())
     if not patched:
         return out, bounds
-    raw, cuts = out.tobytes(), bounds.tolist()
-    rows = [patched.get(i, raw[cuts[i]:cuts[i + 1]]) for i in range(len(cuts) - 1)]
-    bounds = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=bounds[1:])
-    return np.frombuffer(b"".join(rows), dtype=np.uint8), bounds
+    # one copy: the runs of untouched texts between the patched ones, as views, and the patched texts
+    pieces, lengths, start = [], np.diff(bounds), 0
+    for i in sorted(patched):
+        pieces += [out[bounds[start]:bounds[i]], np.frombuffer(patched[i], dtype=np.uint8)]
+        lengths[i], start = len(patched[i]), i + 1
+    pieces.append(out[bounds[start]:])
+    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    return np.concatenate(pieces), bounds
 
 
 def normalise_many(texts: pa.Array | pa.ChunkedArray) -> list[str]:

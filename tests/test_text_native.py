@@ -17,11 +17,24 @@ from .conftest import SHARED_DATA
 ALL_CHARS = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]  # UTF-8 has no lone surrogates
 
 
-def same(texts: list[str]) -> None:
-    native = normalise_many(pa.array(texts, pa.large_string()))
-    for text, got in zip(texts, native):
-        assert got == normalise(text), repr(text)
-    assert len(native) == len(texts)
+def layouts(texts: list[str]) -> dict:
+    """``texts`` as the Arrow layouts ``normalise_many`` takes: 32- and 64-bit offsets, a slice (its offsets do not
+    start at 0, its buffer holds other texts), a column read from Parquet (a chunked array: one chunk, or several)."""
+    padded = pa.array(["before \\ Σ", *texts, "after"], pa.string())
+    half = len(texts) // 2
+    return {"string": pa.array(texts, pa.string()), "large_string": pa.array(texts, pa.large_string()),
+            "slice": padded.slice(1, len(texts)), "one chunk": pa.chunked_array([padded]).slice(1, len(texts)),
+            "chunks": pa.chunked_array([pa.array(texts[:half], pa.string()), pa.array(texts[half:], pa.string())])}
+
+
+def same(texts: list[str], every_layout: bool = False) -> None:
+    """``normalise_many`` of ``texts``, as Parquet gives them (``string``) or in every layout, is ``normalise``'s."""
+    arrays = layouts(texts) if every_layout else {"string": pa.array(texts, pa.string())}
+    for layout, array in arrays.items():
+        native = normalise_many(array)
+        for text, got in zip(texts, native):
+            assert got == normalise(text), (layout, text)
+        assert len(native) == len(texts), layout
 
 
 def test_every_code_point():
@@ -45,12 +58,13 @@ PIECES = ["\\", "\\\\", "frac", "dfrac", "{", "}", "{a}", "{b c}", " ", "\n", "\
 @given(st.lists(st.one_of(st.lists(st.sampled_from(PIECES), max_size=30).map("".join), st.text(max_size=30)),
                 min_size=1, max_size=20))
 def test_adversarial_texts(texts):
-    same(texts)
+    same(texts, every_layout=True)
 
 
 def test_examples():
     same([r"\\frac{a}{b}", r"\frac {a} {b}", r"\frac{a}{b}{c}", r"\lemma \le\leq\lex", r"\\lemma", r"\%\,\$\é",
-          "\\", "a\\", "ΑΣ ΑΣ. Σ", "İstanbul", "", " \n\t ", "x=2.", "\x1cx\x1dy\x1e", "\\\x01le\x02", "\x01le\x02"])
+          "\\", "a\\", "ΑΣ ΑΣ. Σ", "İstanbul", "", " \n\t ", "x=2.", "\x1cx\x1dy\x1e", "\\\x01le\x02", "\x01le\x02"],
+         every_layout=True)
 
 
 def test_shared_data_texts():
