@@ -1,6 +1,7 @@
 """The JVM class archive of spark_jobs/session.py: built once into the cache, not rebuilt, mapped by a local
-session, and checked by the JVM itself against the class path it was built with; and a local session's private
-folder of Unix sockets."""
+session, and checked by the JVM itself against the class path it was built with; a local session's private
+folder of Unix sockets; Python workers that keep the memory they free; and spark-submit's settings winning over
+the session's defaults."""
 
 from __future__ import annotations
 
@@ -105,3 +106,48 @@ def test_a_new_session_removes_the_socket_folders_of_drivers_that_died(monkeypat
         new = _socket_folder()
         assert sorted(os.listdir(temporary)) == sorted([*list(folders)[1:], os.path.basename(new)])
         assert os.path.basename(new).startswith(f"trait-spark-{scope}-{os.getpid()}-")
+
+
+def test_python_workers_keep_the_memory_they_free(spark):
+    """A worker's Arrow allocates through glibc's malloc, which keeps a freed block for the next: a second 64 MB array
+    faults in (almost) no fresh pages. (Unmapped and mapped again, it would fault 16,384 pages, or 32 huge ones.)"""
+    def worker_memory(_):
+        import resource
+
+        import numpy as np
+        import pyarrow as pa
+
+        def faults_of_a_64_mb_array() -> int:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            block = np.ones(64 << 20, dtype=np.uint8)
+            del block
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+        first = faults_of_a_64_mb_array()
+        return pa.default_memory_pool().backend_name, first, faults_of_a_64_mb_array()
+
+    found = spark.sparkContext.parallelize(range(2), 2).map(worker_memory).collect()
+    assert [pool for pool, _, _ in found] == ["system", "system"]
+    assert all(first >= 32 and again < 16 for _, first, again in found), found
+
+
+def test_spark_submits_settings_win_over_the_sessions_defaults(tmp_path):
+    """--conf of a key the session sets by default (a compression codec, the workers' Arrow pool) keeps its value; a
+    default it was not given still applies."""
+    import pyspark
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import json, pyarrow\nfrom spark_jobs.session import get_spark\n"
+        "s = get_spark('t')\nconf = s.sparkContext.getConf()\n"
+        "pool = s.sparkContext.parallelize([0], 1).map(lambda _: pyarrow.default_memory_pool().backend_name).first()\n"
+        "print(json.dumps([conf.get('spark.sql.parquet.compression.codec'), "
+        "conf.get('spark.sql.execution.arrow.maxRecordsPerBatch'), pool]))\n")
+    submit = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
+    out = subprocess.run([submit, "--master", "local[1]", "--conf", f"spark.pyspark.driver.python={sys.executable}",
+                          "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.parquet.compression.codec=snappy",
+                          "--conf", "spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL=mimalloc", str(script)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env={**os.environ, "PYSPARK_PYTHON": sys.executable, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["snappy", "2048", "mimalloc"]
