@@ -14,9 +14,11 @@ tracemalloc).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 
@@ -99,13 +101,17 @@ def decontam_stats(rows_in: dict[str, tuple[int, int]], data_schema, names: list
 
 
 def _ship_index(spark, index: NgramIndex) -> tuple[str, str, int]:
-    """Save the index as ``ngram_index_<sha1>.npz`` in a fresh temp dir and ship it; the content-addressed name
-    lets one Spark session ship several indexes (``addFile`` refuses a second file under the same name)."""
+    """Save the index as ``ngram_index_<sha1>.npz`` in a temporary folder of this driver's and ship it; the
+    content-addressed name lets one Spark session ship several indexes (``addFile`` refuses a second file under the
+    same name). An executor fetches the file from the driver when it first runs a task of the session, so the folder
+    stays until the driver exits, and goes then (it held ~9 MB per run, left behind in the temporary folder)."""
     digest = hashlib.sha1()
     for part in (index.keys.tobytes(), index.masks.tobytes(), "\0".join(index.names).encode(), str(index.n).encode()):
         digest.update(part)
     sha1 = digest.hexdigest()
-    path = os.path.join(tempfile.mkdtemp(prefix="trait-decontam-"), f"ngram_index_{sha1[:16]}.npz")
+    folder = tempfile.mkdtemp(prefix="trait-decontam-")
+    atexit.register(shutil.rmtree, folder, True)
+    path = os.path.join(folder, f"ngram_index_{sha1[:16]}.npz")
     index.save(path)
     return shipped.ship(spark, path), sha1, os.path.getsize(path)
 

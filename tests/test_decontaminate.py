@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from trait.config import from_dict
 from trait.contract import QUARANTINE_DIR, doc_id, finished_dataset, part_name, validate_table
 from trait.decontam import DecontamConfig, NgramIndex, build_index, ngram_hashes, words
 
-from .conftest import SHARED_DATA, read_jsonl
+from .conftest import REPO, SHARED_DATA, read_jsonl
 
 BENCH = SHARED_DATA / "benchmarks"
 
@@ -232,3 +234,19 @@ def test_unknown_benchmark_and_missing_eval_file_are_clear_errors(tmp_path, caps
     assert "did you mean 'mathqa'" in capsys.readouterr().err
     with pytest.raises(BenchmarkError, match="NAME=PATH:FIELD"):
         from_dict(DecontamConfig, {"shared_data": str(SHARED_DATA), "eval_files": ["just/a/path.jsonl"]})
+
+
+def test_the_shipped_index_is_removed_when_the_driver_exits(tmp_path):
+    """The index file a run ships stays while the session may need it, and is gone once the driver exits (in a
+    temporary folder of its own, so that nothing else there is looked at)."""
+    script = ("import os; from spark_jobs.session import get_spark; from spark_jobs.decontaminate import _ship_index; "
+              "from trait.decontam import NgramIndex; "
+              "s = get_spark('t', 'local[1]', scheduler_only=True); "
+              "name, _, _ = _ship_index(s, NgramIndex.from_texts({'gsm8k': ['one two three four']}, 2)); "
+              "from pyspark import SparkFiles; "
+              "print(s.sparkContext.parallelize([name], 1).map(lambda n: os.path.getsize(SparkFiles.get(n))).first())")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) > 0  # an executor fetched the file
+    assert not list(tmp_path.glob("trait-decontam-*"))
