@@ -354,7 +354,12 @@ def test_two_processes_zero1_partition_the_optimizer_and_split_the_data(tmp_path
     cfg = tiny_config(tmp_path, tiny_model, datasets)
     cfg["stages"] = cfg["stages"][:1]
     cfg["stages"][0].update(micro_batch_size=2)  # 8 = 2 micro x 2 ranks x 2 accumulation steps
-    trait_train(write_config(tmp_path, cfg), "--nproc", "2")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    trait("train", "--config", write_config(tmp_path, cfg), "--nproc", "2", env={**ENV, "TMPDIR": str(scratch)},
+          timeout=600)
+    # torchrun's log folders and the resolved config are gone; torch's compile cache may stay
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")] == []
     out = tmp_path / "out"
     start = events(out, "knowledge", "start")[0]
     assert start["world_size"] == 2 and start["deepspeed"]["gradient_accumulation_steps"] == 2

@@ -66,11 +66,14 @@ def _log_by_rank() -> int:
     return int(rank)
 
 
-def torchrun_command(config_path: str, nproc: int, resume: str, rdzv_port: int) -> list[str]:
+def torchrun_command(config_path: str, nproc: int, resume: str, rdzv_port: int, log_dir: str) -> list[str]:
     """torchrun for ``nproc`` local processes with ``trainer.train`` as the entry point, meeting at the rendezvous
     store on 127.0.0.1:``rdzv_port`` as a client (``launch_local`` serves it: torchrun's own would listen on every
-    interface); run it with ``trainer.rendezvous.TORCHRUN_ENV``. SIGUSR1 is forwarded like SIGTERM."""
+    interface); run it with ``trainer.rendezvous.TORCHRUN_ENV``. SIGUSR1 is forwarded like SIGTERM. torchrun's
+    agent keeps its per-run folders in ``log_dir`` (without one it makes a ``torchelastic_*`` folder in the
+    temporary folder, and never removes it)."""
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
+            f"--log-dir={log_dir}",
             "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{rdzv_port}", f"--rdzv-id={uuid.uuid4()}",
             "--rdzv-conf=is_host=0", "--local-addr=127.0.0.1",  # the workers' MASTER_ADDR
             "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
@@ -94,11 +97,13 @@ def launch_local(config_path: str, nproc: int, resume: str) -> int:
     for stage in config.stages:
         accumulation_steps(stage, nproc)  # global_batch_size divisible by micro_batch_size x nproc
     store = store_server("127.0.0.1", 0, timedelta(seconds=60))  # held open while torchrun runs
-    proc = subprocess.Popen(torchrun_command(config_path, nproc, resume, store.port),
-                            env={**os.environ, **TORCHRUN_ENV})
-    forward = {sig: signal.signal(sig, lambda s, f: proc.send_signal(s)) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        return proc.wait()
-    finally:
-        for sig, handler in forward.items():
-            signal.signal(sig, handler)
+    with tempfile.TemporaryDirectory(prefix="trait-torchrun-") as log_dir:
+        proc = subprocess.Popen(torchrun_command(config_path, nproc, resume, store.port, log_dir),
+                                env={**os.environ, **TORCHRUN_ENV})
+        forward = {sig: signal.signal(sig, lambda s, f: proc.send_signal(s))
+                   for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        try:
+            return proc.wait()
+        finally:
+            for sig, handler in forward.items():
+                signal.signal(sig, handler)

@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def run_agent(argv: list[str]) -> int:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     node = os.environ.get("SLURMD_NODENAME", socket.gethostname())
     try:
-        torchrun(argv)
+        # torchrun's agent keeps its per-run folders here (by default in a torchelastic_* folder it never removes)
+        with tempfile.TemporaryDirectory(prefix="trait-torchrun-") as log_dir:
+            torchrun([f"--log-dir={log_dir}", *argv])
     except ChildFailedError as exc:
         codes = sorted({f.exitcode for f in exc.failures.values()})
         code = PREEMPTED_EXIT if codes == [PREEMPTED_EXIT] else 1
