@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from trait.net import socket_name_fits
+
 log = logging.getLogger(__name__)
 
 # Defaults that every job wants; a job's own conf overrides them, and so do spark-submit's --conf and
@@ -147,7 +149,7 @@ def _dump_classes(path: str) -> None:
 # Their socket files go to a private folder the driver removes when it exits: Spark's default is java.io.tmpdir,
 # and the accumulator server's file stays there unless the session is stopped, which `trait` commands leave to the
 # exit.
-_SOCKET_NAME_CHARS = 43  # pyspark's ".<uuid4>.sock" and the separator; a socket's path fits in 107 bytes on Linux
+_SOCKET_NAME_CHARS = 42  # pyspark's and Spark's ".<uuid4>.sock"
 
 
 def _socket_folder() -> str | None:
@@ -158,7 +160,7 @@ def _socket_folder() -> str | None:
     scope = _process_scope()
     _sweep_socket_folders(tempfile.gettempdir(), scope)
     folder = tempfile.mkdtemp(prefix=f"trait-spark-{scope or 'x'}-{os.getpid()}-")
-    if len(os.fsencode(folder)) + _SOCKET_NAME_CHARS > 107:
+    if not socket_name_fits(folder, _SOCKET_NAME_CHARS):
         os.rmdir(folder)
         return None
     atexit.register(_remove_socket_folder, folder)

@@ -79,18 +79,22 @@ def test_missing_vllm_environment_is_a_clear_error(tmp_path):
 
 
 @needs_vllm
-def test_temporary_log_folder_is_removed_on_stop_and_after_a_failed_start(monkeypatch, tmp_path):
-    """Without a log_path the server logs into a trait-vllm-* folder that stop() removes: after a clean run, and
-    after a failed start, whose error then carries the log's end rather than the path of a file that is gone."""
+def test_temporary_folder_is_removed_on_stop_and_after_a_failed_start(monkeypatch, tmp_path):
+    """A local server's trait-vllm-* folder, with vLLM's sockets and (without a log_path) its log, is removed by stop():
+    after a clean run, and after a failed start, whose error then carries the log's end rather than the path of a
+    file that is gone."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes the folder
     with pytest.raises(ServerError, match="exited with code 2 while starting; its log ends:\n") as err:
         VllmServer(ServerConfig(extra_args=["--no-such-flag"], stop_grace_s=5)).start()
     assert "--no-such-flag" in str(err.value) and str(tmp_path) not in str(err.value)
     assert list(tmp_path.glob("trait-vllm-*")) == []
-    with VllmServer(ServerConfig(stop_grace_s=10)) as server:
-        (folder,) = tmp_path.glob("trait-vllm-*")
-        assert server.log_path == folder / "server.log" and server.log_path.read_text().startswith("# ")
-    assert list(tmp_path.glob("trait-vllm-*")) == [] and server.log_path is None
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # pytest's folders are too deep for a socket's name
+        monkeypatch.setattr(tempfile, "tempdir", short)
+        with VllmServer(ServerConfig(stop_grace_s=10)) as server:
+            (folder,) = Path(short).glob("trait-vllm-*")
+            assert server.log_path == folder / "server.log" and server.log_path.read_text().startswith("# ")
+            assert any(p.is_socket() for p in folder.iterdir())  # vLLM's interprocess sockets
+        assert os.listdir(short) == [] and server.log_path is None
 
 
 # --- error cases against a real local HTTP server --------------------------------------------------------------

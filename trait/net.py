@@ -1,8 +1,17 @@
-"""Network helpers: everything TRAIT listens on is on 127.0.0.1 (servers, rendezvous stores, test daemons)."""
+"""Network helpers: everything TRAIT listens on is on 127.0.0.1 (servers, rendezvous stores, test daemons), or on
+Unix sockets in private folders."""
 
 from __future__ import annotations
 
+import os
 import socket
+
+SOCKET_PATH_BYTES = 107  # the longest path a Unix socket can have on Linux (sockaddr_un.sun_path, less its NUL)
+
+
+def socket_name_fits(folder: str | os.PathLike, name_chars: int) -> bool:
+    """Whether a Unix socket whose name has ``name_chars`` characters can be made in ``folder``."""
+    return len(os.fsencode(folder)) + 1 + name_chars <= SOCKET_PATH_BYTES
 
 
 def free_port() -> int:

@@ -7,8 +7,10 @@ fails fast with the log tail if the process dies, and stops the whole group (SIG
 ``stop_grace_s``) on exit, on error, on Ctrl-C and on SIGTERM of the parent. If the parent is SIGKILLed, a watchdog
 thread inside the server process notices and stops the group the same way, so no engine is left running.
 All the local server listens on is on 127.0.0.1: its port and its workers' collectives (gloo, NCCL).
-Without a ``log_path`` the server logs into a temporary folder (``trait-vllm-*``) that ``stop`` removes, after a
-clean run as after a failed start (whose error carries the log's last lines).
+A local server has a temporary folder of its own (``trait-vllm-*``) that ``stop`` removes, after a clean run as
+after a failed start: vLLM's interprocess sockets go there (``VLLM_RPC_BASE_PATH``; in the shared temporary folder,
+a stopped server left ~10 behind), and so does its log when no ``log_path`` is given (a failed start's error then
+carries the log's last lines).
 
 The API key is read from the environment variable named by ``api_key_env``; it is passed to a local server
 through its environment (``VLLM_API_KEY``, never the command line, which vLLM logs) and never written to a log.
@@ -34,7 +36,7 @@ import httpx
 
 from trait import UserError
 from trait.config import ConfigError, field
-from trait.net import free_port
+from trait.net import free_port, socket_name_fits
 from trait.tiny_model import TinyModelConfig, build_tiny_model
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,7 @@ class VllmServer:
     def __init__(self, config: ServerConfig | None = None, log_path: str | Path | None = None):
         self.config = config or ServerConfig()
         self.log_path = Path(log_path) if log_path else None
-        self._log_dir: Path | None = None  # the temporary folder of log_path, when this object made it
+        self._run_dir: Path | None = None  # the server's temporary folder, while it runs
         self.base_url: str | None = None
         self.model: str | None = None
         self.process: subprocess.Popen | None = None
@@ -215,9 +217,11 @@ class VllmServer:
         env.update(VLLM_HOST_IP="127.0.0.1", GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
+        self._run_dir = Path(tempfile.mkdtemp(prefix="trait-vllm-"))
+        if socket_name_fits(self._run_dir, 36):  # vLLM names a socket by a uuid4; else it keeps its default folder
+            env["VLLM_RPC_BASE_PATH"] = str(self._run_dir)
         if self.log_path is None:
-            self._log_dir = Path(tempfile.mkdtemp(prefix="trait-vllm-"))
-            self.log_path = self._log_dir / "server.log"
+            self.log_path = self._run_dir / "server.log"
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             log.info("generator: starting vLLM for %s on 127.0.0.1:%d, log %s", self.model, port, self.log_path)
@@ -255,7 +259,7 @@ class VllmServer:
 
     def _log_excerpt(self) -> str:
         """The end of the log, for an error; it names the log only if it stays (a temporary one is removed)."""
-        where = "its log" if self._log_dir else f"its log {self.log_path}"
+        where = "its log" if self._log_is_temporary() else f"its log {self.log_path}"
         return f"{where} ends:\n{self.log_tail()}"
 
     def _trap_sigterm(self) -> None:
@@ -270,16 +274,21 @@ class VllmServer:
 
     def stop(self) -> None:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after ``stop_grace_s``; then remove its
-        temporary log folder, if it has one. Idempotent."""
+        temporary folder (with the log, if that is there). Idempotent."""
         proc, self.process = self.process, None
         if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
         if proc is not None:
             _stop_group(proc, self.config.stop_grace_s)
-        if self._log_dir is not None:
-            shutil.rmtree(self._log_dir, ignore_errors=True)
-            self._log_dir = self.log_path = None
+        if self._run_dir is not None:
+            if self._log_is_temporary():
+                self.log_path = None
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+    def _log_is_temporary(self) -> bool:
+        return self.log_path is not None and self.log_path.parent == self._run_dir
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
