@@ -3,8 +3,10 @@ property test that nothing but a UserError ever leaves it."""
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
+import shutil
 import tempfile
 import types
 import typing
@@ -232,7 +234,8 @@ def test_describe_lists_nested_fields_by_dotted_key():
 # --- property: only UserErrors leave the loader --------------------------------------------------------------------
 
 CONFIG_CLASSES = sorted({c.config_class() for c in COMMANDS.values()}, key=lambda c: c.__name__)
-_TMP = Path(tempfile.mkdtemp(prefix="trait-config-test-"))
+_TMP = Path(tempfile.mkdtemp(prefix="trait-config-test-"))  # for hypothesis's examples, which take no tmp_path
+atexit.register(shutil.rmtree, _TMP, True)
 
 
 def load_config_text(text: str | bytes, cls: type = Job, sets: list[str] = ()):
