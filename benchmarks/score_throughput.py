@@ -68,6 +68,7 @@ import time
 from pathlib import Path
 
 from benchmarks.gates import Gate, record
+from spark_jobs.session import WORKER_MEMORY_ENV
 from trait.benchmarks import default_shared_data
 from trait.outputs import check_folder
 
@@ -281,22 +282,25 @@ def child_spark(corpus: str, models: list[str], master: str, output: str, runs: 
     return result
 
 
-def run_child(log: Path, cpus: str, *args: str) -> dict:
-    """Run ``--child ...`` in a fresh process pinned to ``cpus``; its result and peak tree RSS (MiB)."""
-    return run_pinned(log, cpus, [sys.executable, "-m", "benchmarks.score_throughput", "--child", *args])
+def run_child(log: Path, cpus: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``--child ...`` in a fresh process pinned to ``cpus``, with ``env`` added to its environment; its result
+    and peak tree RSS (MiB)."""
+    return run_pinned(log, cpus, [sys.executable, "-m", "benchmarks.score_throughput", "--child", *args], env=env)
 
 
-def run_pinned(log: Path, cpus: str, command: list[str], whole_output: bool = False) -> dict:
-    """``command`` pinned to ``cpus``: the JSON of its last output line (``whole_output``: of all of it), its wall
-    time from start to exit (``wall_s``), when it was spawned on the system's monotonic clock (``spawned_at``) and
-    peak tree RSS (MiB)."""
+def run_pinned(log: Path, cpus: str, command: list[str], whole_output: bool = False,
+               env: dict[str, str] | None = None) -> dict:
+    """``command`` pinned to ``cpus``, with ``env`` added to its environment: the JSON of its last output line
+    (``whole_output``: of all of it), its wall time from start to exit (``wall_s``), when it was spawned on the
+    system's monotonic clock (``spawned_at``) and peak tree RSS (MiB)."""
     import psutil
 
     cmd = ["taskset", "-c", cpus, *command]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as err:
         started, spawned_at = time.perf_counter(), time.clock_gettime(time.CLOCK_MONOTONIC)
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, **(env or {})})
         root, peak = psutil.Process(proc.pid), 0
         while proc.poll() is None:
             rss = 0
@@ -519,8 +523,9 @@ def main() -> None:
                                      *models, "--normaliser", n, "--passes", str(RAW_PASSES[args.quick]))
                for n in ("python", "native")}
         shutil.rmtree(out / "local1-tasks", ignore_errors=True)
+        # with the memory settings a Spark session gives its Python workers, so that only Spark differs
         one["tasks"] = run_child(logs / "tasks.log", "0", "tasks", "--corpus", corpus["path"], "--models", *models,
-                                 "--output", str(out / "local1-tasks"))
+                                 "--output", str(out / "local1-tasks"), env=WORKER_MEMORY_ENV)
         one |= {"spark-1": spark_run("local[1]", "0", corpus), "spark-2": spark_run("local[2]", "0,1", corpus),
                 "datatrove-1": datatrove_run("0", corpus), "datatrove-2": datatrove_run("0,1", corpus)}
         one["identical"] = identical_scores(str(out / "local1-cold"), out / "datatrove-1", list(columns))
