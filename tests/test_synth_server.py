@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -443,9 +444,11 @@ with server:
 @needs_vllm
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_parent_interrupted_or_killed_leaves_no_server(tmp_path, sig):
-    """Ctrl-C, SIGTERM or SIGKILL of the process that started vLLM (here during start-up) ends the server too."""
+    """Ctrl-C, SIGTERM or SIGKILL of the process that started vLLM (here during start-up) ends the server too, and
+    its temporary folder goes (in a temporary folder of the parent's own, short enough for vLLM's sockets)."""
+    scratch = tempfile.mkdtemp(dir="/tmp")
     parent = subprocess.Popen([sys.executable, "-c", PARENT_SCRIPT, str(tmp_path / "server.log")],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+                              stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env={**os.environ, "TMPDIR": scratch})
     try:
         pgid = int(parent.stdout.readline())
         # SIGKILL once the engine core runs (a starting server ignores SIGTERM); the others while vLLM imports.
@@ -464,6 +467,8 @@ def test_parent_interrupted_or_killed_leaves_no_server(tmp_path, sig):
             time.sleep(0.2)
         with pytest.raises(ProcessLookupError):
             os.killpg(pgid, 0)
+        assert [name for name in os.listdir(scratch) if name.startswith("trait-vllm-")] == []
     finally:
         if parent.poll() is None:
             parent.kill()
+        shutil.rmtree(scratch, ignore_errors=True)

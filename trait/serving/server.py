@@ -45,12 +45,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # cleanup code of the parent runs), it SIGTERMs its own process group (server, engine core, workers), then SIGKILLs
 # it after the grace period. A plain PR_SET_PDEATHSIG is not enough: a server still starting up ignores SIGTERM.
 BOOTSTRAP = """\
-import os, runpy, signal, sys, threading, time
+import os, runpy, shutil, signal, sys, threading, time
 parent = os.getppid()
 def watch_parent():
     while os.getppid() == parent:
         time.sleep(0.5)
     os.killpg(0, signal.SIGTERM)
+    # nothing will stop() this server or read a log there: its temporary folder goes now (the process may not outlive
+    # the SIGTERM)
+    shutil.rmtree(os.environ["TRAIT_VLLM_RUN_DIR"], ignore_errors=True)
     time.sleep(float(os.environ.get("TRAIT_VLLM_STOP_GRACE_S", "20")))
     os.killpg(0, signal.SIGKILL)
 threading.Thread(target=watch_parent, daemon=True, name="trait-parent-watchdog").start()
@@ -218,6 +221,7 @@ class VllmServer:
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
         self._run_dir = Path(tempfile.mkdtemp(prefix="trait-vllm-"))
+        env["TRAIT_VLLM_RUN_DIR"] = str(self._run_dir)
         if socket_name_fits(self._run_dir, 36):  # vLLM names a socket by a uuid4; else it keeps its default folder
             env["VLLM_RPC_BASE_PATH"] = str(self._run_dir)
         if self.log_path is None:
