@@ -68,7 +68,7 @@ import time
 from pathlib import Path
 
 from benchmarks.gates import Gate, record
-from spark_jobs.session import WORKER_MEMORY_ENV
+from spark_jobs.session import worker_memory_env
 from trait.benchmarks import default_shared_data
 from trait.outputs import check_folder
 
@@ -525,7 +525,7 @@ def main() -> None:
         shutil.rmtree(out / "local1-tasks", ignore_errors=True)
         # with the memory settings a Spark session gives its Python workers, so that only Spark differs
         one["tasks"] = run_child(logs / "tasks.log", "0", "tasks", "--corpus", corpus["path"], "--models", *models,
-                                 "--output", str(out / "local1-tasks"), env=WORKER_MEMORY_ENV)
+                                 "--output", str(out / "local1-tasks"), env=worker_memory_env())
         one |= {"spark-1": spark_run("local[1]", "0", corpus), "spark-2": spark_run("local[2]", "0,1", corpus),
                 "datatrove-1": datatrove_run("0", corpus), "datatrove-2": datatrove_run("0,1", corpus)}
         one["identical"] = identical_scores(str(out / "local1-cold"), out / "datatrove-1", list(columns))

@@ -15,10 +15,10 @@ tracemalloc).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import time
 
@@ -109,11 +109,17 @@ def _ship_index(spark, index: NgramIndex) -> tuple[str, str, int]:
     for part in (index.keys.tobytes(), index.masks.tobytes(), "\0".join(index.names).encode(), str(index.n).encode()):
         digest.update(part)
     sha1 = digest.hexdigest()
-    folder = tempfile.mkdtemp(prefix="trait-decontam-")
-    atexit.register(shutil.rmtree, folder, True)
-    path = os.path.join(folder, f"ngram_index_{sha1[:16]}.npz")
+    path = os.path.join(tempfile.mkdtemp(prefix="trait-decontam-"), f"ngram_index_{sha1[:16]}.npz")
+    atexit.register(_remove_index, path)
     index.save(path)
     return shipped.ship(spark, path), sha1, os.path.getsize(path)
+
+
+def _remove_index(path: str) -> None:
+    """Remove the shipped index file, then its folder if that left it empty: nothing else is deleted."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
 
 
 def run_decontaminate(spark, config: DecontamConfig, input_path: str, output: str, overwrite: bool = False) -> dict:

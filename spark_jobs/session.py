@@ -44,10 +44,14 @@ _DEFAULT_CONF = {
 # the rest. Each fresh page costs a fault and its zeroing: on this 2-core VM the kernel's page clearing took 20 %
 # of a scoring worker's CPU. With Arrow on the system allocator and glibc's malloc keeping what it frees (no mmap;
 # up to 256 MB free at the top of its heap before it trims), `trait score` on the 200,000-document benchmark corpus
-# on 2 cores took a median 34.7 s against 42.2 s (three pairs, 2026-12-06). Where this process's environment sets
-# one of these already, the workers inherit that instead.
+# on 2 cores took a median 34.7 s against 42.2 s (three pairs, 2026-12-06).
 WORKER_MEMORY_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system",
                      "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=268435456"}
+
+
+def worker_memory_env() -> dict[str, str]:
+    """``WORKER_MEMORY_ENV`` less what this process's environment sets already: workers inherit that instead."""
+    return {name: value for name, value in WORKER_MEMORY_ENV.items() if name not in os.environ}
 
 
 def submitted_keys() -> set[str]:
@@ -250,8 +254,7 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
             if java_options:
                 options["spark.driver.extraJavaOptions"] = " ".join(java_options)
     defaults = {**_DEFAULT_CONF,
-                **{f"spark.executorEnv.{name}": value for name, value in WORKER_MEMORY_ENV.items()
-                   if name not in os.environ},
+                **{f"spark.executorEnv.{name}": value for name, value in worker_memory_env().items()},
                 # Spark's progress bar redraws a line with carriage returns: for a terminal, not for a batch log
                 "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower()}
     if under_spark_submit():  # a session's options override what spark-submit was given: leave those alone

@@ -183,4 +183,4 @@ def translate_collapse(buf, offsets, rows, replacements, starts, marks):
             i = after
         out_offsets[d + 1] = o
         flags[d] = flag
-    return out[:o], out_offsets, flags  # a view: the pages past o were never touched, so cost no memory
+    return out[:o], out_offsets, flags  # a view, not a copy: the buffer's tail past o is never written
